@@ -1,0 +1,89 @@
+"""The kernel layer: the only place in mountplan that touches ctypes.
+
+Everything above this package sees typed wrappers named after the syscalls, an
+owned :class:`Fd`, flag enums that render by name, and
+:class:`~mountplan.errors.KernelError`.
+"""
+
+from __future__ import annotations
+
+from .constants import (
+    AtFlag,
+    FsmountFlag,
+    FsopenFlag,
+    FspickFlag,
+    MountAttr,
+    MoveMountFlag,
+    OpenFlag,
+    OpenTreeFlag,
+    Propagation,
+    Resolve,
+    UmountFlag,
+    flag_names,
+)
+from .fd import Fd
+from .features import Features, detect
+from .syscalls import (
+    MountIds,
+    fsconfig_create,
+    fsconfig_create_excl,
+    fsconfig_reconfigure,
+    fsconfig_set_binary,
+    fsconfig_set_fd,
+    fsconfig_set_flag,
+    fsconfig_set_path,
+    fsconfig_set_path_empty,
+    fsconfig_set_string,
+    fsmount,
+    fsopen,
+    fspick,
+    mkdirat,
+    mount_setattr,
+    move_mount,
+    open_tree,
+    open_tree_attr,
+    openat2,
+    read_fs_messages,
+    statx_mount_ids,
+    umount_at,
+)
+
+__all__ = [
+    "AtFlag",
+    "Fd",
+    "Features",
+    "FsmountFlag",
+    "FsopenFlag",
+    "FspickFlag",
+    "MountAttr",
+    "MountIds",
+    "MoveMountFlag",
+    "OpenFlag",
+    "OpenTreeFlag",
+    "Propagation",
+    "Resolve",
+    "UmountFlag",
+    "detect",
+    "flag_names",
+    "fsconfig_create",
+    "fsconfig_create_excl",
+    "fsconfig_reconfigure",
+    "fsconfig_set_binary",
+    "fsconfig_set_fd",
+    "fsconfig_set_flag",
+    "fsconfig_set_path",
+    "fsconfig_set_path_empty",
+    "fsconfig_set_string",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "mkdirat",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "open_tree_attr",
+    "openat2",
+    "read_fs_messages",
+    "statx_mount_ids",
+    "umount_at",
+]

@@ -1,0 +1,78 @@
+"""ctypes access to libc: the raw ``syscall(2)`` entry and a few glibc wrappers.
+
+``libc.syscall`` is variadic: every argument must be wrapped in an explicit
+ctypes type or 64-bit values are silently truncated (kernel.md, "ctypes pitfall").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import platform
+from collections.abc import Callable
+from typing import Any
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+umount2 = _libc.umount2
+umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+umount2.restype = ctypes.c_int
+
+statx = _libc.statx
+statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+statx.restype = ctypes.c_int
+
+mount = _libc.mount
+mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+mount.restype = ctypes.c_int
+
+unshare = _libc.unshare
+unshare.argtypes = [ctypes.c_int]
+unshare.restype = ctypes.c_int
+
+# Numbers from 424 up are shared by every architecture except alpha, mips, ia64.
+_GENERIC = {
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "openat2": 437,
+    "mount_setattr": 442,
+    "statmount": 457,
+    "listmount": 458,
+    "open_tree_attr": 467,
+}
+
+if platform.machine() in {"alpha", "mips", "mips64", "ia64"}:  # pragma: no cover
+    raise ImportError(f"mountplan: syscall numbers for {platform.machine()} are not known")
+
+SYSCALL_NUMBERS: dict[str, int] = dict(_GENERIC)
+
+
+def syscall(name: str, *args: Any) -> int:
+    """Issue syscall ``name``; return its result or ``-errno``. Retries EINTR."""
+    nr = ctypes.c_long(SYSCALL_NUMBERS[name])
+    while True:
+        ret = int(_syscall(nr, *args))
+        if ret != -1:
+            return ret
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            return -err
+
+
+def call(func: Callable[..., int], *args: Any) -> int:
+    """Call a libc function; return its result or ``-errno``. Retries EINTR."""
+    while True:
+        ret = int(func(*args))
+        if ret != -1:
+            return ret
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            return -err

@@ -1,0 +1,410 @@
+"""Typed wrappers for the new mount API, named after the syscalls they issue.
+
+Every wrapper checks its return value, retries EINTR, and raises
+:class:`~mountplan.errors.KernelError` naming the call, its paths, its flags and
+the errno. Calls on a filesystem context (fsconfig on an fsopen/fspick fd) also
+drain the context's message log so the error carries the kernel's own words,
+e.g. ``tmpfs: Bad value for 'size'``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Sequence
+
+from mountplan.errors import KernelError
+
+from . import _libc
+from .constants import (
+    MOUNT_ATTR_ATIME_MASK,
+    AtFlag,
+    FsconfigCmd,
+    FsmountFlag,
+    FsopenFlag,
+    FspickFlag,
+    MountAttr,
+    MoveMountFlag,
+    OpenFlag,
+    OpenTreeFlag,
+    Propagation,
+    Resolve,
+    StatxMask,
+    UmountFlag,
+    flag_names,
+)
+from .fd import Fd
+
+__all__ = [
+    "MountIds",
+    "fsconfig_create",
+    "fsconfig_create_excl",
+    "fsconfig_reconfigure",
+    "fsconfig_set_binary",
+    "fsconfig_set_fd",
+    "fsconfig_set_flag",
+    "fsconfig_set_path",
+    "fsconfig_set_path_empty",
+    "fsconfig_set_string",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "mkdirat",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "open_tree_attr",
+    "openat2",
+    "read_fs_messages",
+    "statx_mount_ids",
+    "umount_at",
+]
+
+# Hints for errnos whose cause is well known but never spelled out by the kernel.
+_HINTS: dict[tuple[str, int], str] = {
+    ("move_mount", errno.EINVAL): (
+        "the mount being moved, or the target's parent mount, has shared propagation "
+        "(systemd makes / shared); make it private or slave first"
+    ),
+    ("umount2", errno.EBUSY): "something still uses the mount: an open fd, a cwd or a child mount",
+    ("umount2", errno.EINVAL): "the path is not a mount point (or it is locked in this user namespace)",
+    ("fsopen", errno.ENODEV): "the kernel does not know this filesystem type (see /proc/filesystems)",
+    ("fsopen", errno.EPERM): "mounting this filesystem type needs privilege in the owning namespace",
+    ("fsconfig", errno.EPERM): (
+        "not allowed in this user namespace: proc needs a new pid namespace, sysfs a new "
+        "net namespace, mqueue an ipc namespace"
+    ),
+    ("openat2", errno.EXDEV): "the path leaves its root (RESOLVE_BENEATH refused it)",
+    ("openat2", errno.ELOOP): "the path contains a symlink, which is refused inside a root",
+}
+
+
+def _raise(err: int, op: str, paths: Sequence[str] = (), flags: str = "", ctx: int | None = None) -> None:
+    messages = read_fs_messages(ctx) if ctx is not None else []
+    raise KernelError(
+        err, op, paths=paths, flags=flags, kernel_messages=messages, hint=_HINTS.get((op, err), "")
+    )
+
+
+def _path(p: str) -> bytes:
+    return os.fsencode(p)
+
+
+def read_fs_messages(fs_fd: int) -> list[str]:
+    """Drain the message log of a filesystem context (fsopen/fspick fd).
+
+    Each read(2) returns one message such as ``e tmpfs: Bad value for 'size'``;
+    ENODATA means the log is empty. Warnings keep a ``warning:`` prefix.
+    """
+    out: list[str] = []
+    for _ in range(64):  # the kernel keeps at most 8; bound the loop anyway
+        try:
+            raw = os.read(fs_fd, 4096)
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            break
+        if not raw:
+            break
+        text = raw.decode("utf-8", "replace").rstrip("\n")
+        level, _, body = text.partition(" ")
+        if level == "e":
+            out.append(body)
+        elif level == "w":
+            out.append(f"warning: {body}")
+        elif level == "i":
+            out.append(f"info: {body}")
+        else:
+            out.append(text)
+    return out
+
+
+def fsopen(fs_type: str, flags: FsopenFlag = FsopenFlag.CLOEXEC) -> Fd:
+    """Open a new filesystem context for ``fs_type``."""
+    ret = _libc.syscall("fsopen", ctypes.c_char_p(fs_type.encode()), ctypes.c_uint(flags))
+    if ret < 0:
+        _raise(-ret, "fsopen", [fs_type], flag_names(flags, FsopenFlag))
+    return Fd(ret, f"fsopen:{fs_type}")
+
+
+def fspick(dirfd: int, path: str, flags: FspickFlag = FspickFlag.CLOEXEC) -> Fd:
+    """Open the filesystem context of an existing mount for reconfiguration."""
+    ret = _libc.syscall(
+        "fspick", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), ctypes.c_uint(flags)
+    )
+    if ret < 0:
+        _raise(-ret, "fspick", [path], flag_names(flags, FspickFlag))
+    return Fd(ret, f"fspick:{path}")
+
+
+def _fsconfig(
+    fs_fd: int, cmd: FsconfigCmd, key: str | None, value: bytes | None, aux: int, shown: str
+) -> None:
+    ret = _libc.syscall(
+        "fsconfig",
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(cmd),
+        ctypes.c_char_p(key.encode() if key is not None else None),
+        ctypes.c_char_p(value),
+        ctypes.c_int(aux),
+    )
+    if ret < 0:
+        _raise(-ret, "fsconfig", [shown] if shown else [], cmd.name, ctx=fs_fd)
+
+
+def fsconfig_set_flag(fs_fd: int, key: str) -> None:
+    """``FSCONFIG_SET_FLAG``: a boolean option such as ``ro`` or ``noexec``."""
+    _fsconfig(fs_fd, FsconfigCmd.SET_FLAG, key, None, 0, key)
+
+
+def fsconfig_set_string(fs_fd: int, key: str, value: str) -> None:
+    """``FSCONFIG_SET_STRING``: ``key=value``."""
+    _fsconfig(fs_fd, FsconfigCmd.SET_STRING, key, value.encode(), 0, f"{key}={value}")
+
+
+def fsconfig_set_binary(fs_fd: int, key: str, value: bytes) -> None:
+    """``FSCONFIG_SET_BINARY``: an opaque blob of ``len(value)`` bytes."""
+    ret = _libc.syscall(
+        "fsconfig",
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(FsconfigCmd.SET_BINARY),
+        ctypes.c_char_p(key.encode()),
+        ctypes.c_char_p(value),
+        ctypes.c_int(len(value)),
+    )
+    if ret < 0:
+        _raise(-ret, "fsconfig", [key], FsconfigCmd.SET_BINARY.name, ctx=fs_fd)
+
+
+def fsconfig_set_path(fs_fd: int, key: str, path: str, dirfd: int = -100) -> None:
+    """``FSCONFIG_SET_PATH``: a path looked up relative to ``dirfd`` (AT_FDCWD = -100)."""
+    _fsconfig(fs_fd, FsconfigCmd.SET_PATH, key, _path(path), dirfd, f"{key}={path}")
+
+
+def fsconfig_set_path_empty(fs_fd: int, key: str, dirfd: int) -> None:
+    """``FSCONFIG_SET_PATH_EMPTY``: the object ``dirfd`` itself."""
+    _fsconfig(fs_fd, FsconfigCmd.SET_PATH_EMPTY, key, b"", dirfd, f"{key}=<fd {dirfd}>")
+
+
+def fsconfig_set_fd(fs_fd: int, key: str, value_fd: int) -> None:
+    """``FSCONFIG_SET_FD``: an open fd, e.g. an overlay layer (no path parsing at all)."""
+    _fsconfig(fs_fd, FsconfigCmd.SET_FD, key, None, value_fd, f"{key}=<fd {value_fd}>")
+
+
+def fsconfig_create(fs_fd: int) -> None:
+    """``FSCONFIG_CMD_CREATE``: create (or reuse) the superblock."""
+    _fsconfig(fs_fd, FsconfigCmd.CMD_CREATE, None, None, 0, "")
+
+
+def fsconfig_create_excl(fs_fd: int) -> None:
+    """``FSCONFIG_CMD_CREATE_EXCL`` (6.6): create a new superblock, never reuse one."""
+    _fsconfig(fs_fd, FsconfigCmd.CMD_CREATE_EXCL, None, None, 0, "")
+
+
+def fsconfig_reconfigure(fs_fd: int) -> None:
+    """``FSCONFIG_CMD_RECONFIGURE``: apply changed options to a live superblock."""
+    _fsconfig(fs_fd, FsconfigCmd.CMD_RECONFIGURE, None, None, 0, "")
+
+
+def fsmount(fs_fd: int, attrs: MountAttr = MountAttr(0), flags: FsmountFlag = FsmountFlag.CLOEXEC) -> Fd:
+    """Turn a created context into a detached mount; closing the fd drops the mount."""
+    ret = _libc.syscall("fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attrs))
+    if ret < 0:
+        _raise(-ret, "fsmount", [], f"attrs={flag_names(attrs, MountAttr)}", ctx=fs_fd)
+    return Fd(ret, "fsmount")
+
+
+def open_tree(dirfd: int, path: str, flags: OpenTreeFlag) -> Fd:
+    """Open (or with CLONE, copy as a detached tree) the mount at ``path``."""
+    ret = _libc.syscall(
+        "open_tree", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), ctypes.c_uint(flags)
+    )
+    if ret < 0:
+        _raise(-ret, "open_tree", [path], flag_names(flags, OpenTreeFlag))
+    return Fd(ret, f"open_tree:{path}")
+
+
+def _mount_attr(
+    attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None
+) -> ctypes.Array[ctypes.c_char]:
+    # Setting any atime mode needs the whole atime field cleared first (kernel.md).
+    if int(attr_set) & MOUNT_ATTR_ATIME_MASK or int(attr_clr) & MOUNT_ATTR_ATIME_MASK:
+        attr_clr = MountAttr(int(attr_clr) | MOUNT_ATTR_ATIME_MASK)
+    raw = struct.pack("<QQQQ", int(attr_set), int(attr_clr), int(propagation or 0), 0)
+    return ctypes.create_string_buffer(raw, len(raw))
+
+
+def _describe_attr(attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None) -> str:
+    text = f"set={flag_names(attr_set, MountAttr)} clr={flag_names(attr_clr, MountAttr)}"
+    if propagation is not None:
+        text += f" propagation={propagation.name}"
+    return text
+
+
+def open_tree_attr(
+    dirfd: int,
+    path: str,
+    flags: OpenTreeFlag,
+    attr_set: MountAttr = MountAttr(0),
+    attr_clr: MountAttr = MountAttr(0),
+    propagation: Propagation | None = None,
+) -> Fd:
+    """``open_tree_attr`` (6.15): clone and set attributes in one call."""
+    buf = _mount_attr(attr_set, attr_clr, propagation)
+    ret = _libc.syscall(
+        "open_tree_attr",
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(_path(path)),
+        ctypes.c_uint(flags),
+        buf,
+        ctypes.c_size_t(len(buf)),
+    )
+    if ret < 0:
+        _raise(
+            -ret,
+            "open_tree_attr",
+            [path],
+            f"{flag_names(flags, OpenTreeFlag)} {_describe_attr(attr_set, attr_clr, propagation)}",
+        )
+    return Fd(ret, f"open_tree_attr:{path}")
+
+
+def mount_setattr(
+    dirfd: int,
+    path: str,
+    flags: AtFlag,
+    attr_set: MountAttr = MountAttr(0),
+    attr_clr: MountAttr = MountAttr(0),
+    propagation: Propagation | None = None,
+) -> None:
+    """Change attributes and/or propagation of a mount (attached or detached)."""
+    buf = _mount_attr(attr_set, attr_clr, propagation)
+    ret = _libc.syscall(
+        "mount_setattr",
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(_path(path)),
+        ctypes.c_uint(flags),
+        buf,
+        ctypes.c_size_t(len(buf)),
+    )
+    if ret < 0:
+        _raise(
+            -ret,
+            "mount_setattr",
+            [path] if path else [],
+            f"{flag_names(flags, AtFlag)} {_describe_attr(attr_set, attr_clr, propagation)}",
+        )
+
+
+def move_mount(
+    from_dirfd: int,
+    from_path: str,
+    to_dirfd: int,
+    to_path: str,
+    flags: MoveMountFlag,
+    shown_target: str = "",
+) -> None:
+    """Attach (or move) a mount. ``shown_target`` names the target in errors."""
+    ret = _libc.syscall(
+        "move_mount",
+        ctypes.c_int(from_dirfd),
+        ctypes.c_char_p(_path(from_path)),
+        ctypes.c_int(to_dirfd),
+        ctypes.c_char_p(_path(to_path)),
+        ctypes.c_uint(flags),
+    )
+    if ret < 0:
+        _raise(-ret, "move_mount", [shown_target or to_path], flag_names(flags, MoveMountFlag))
+
+
+def openat2(
+    dirfd: int,
+    path: str,
+    flags: OpenFlag,
+    resolve: Resolve,
+    mode: int = 0,
+    shown: str = "",
+) -> Fd:
+    """``openat2`` with a resolve policy; the way every target is pinned beneath a root."""
+    how = struct.pack("<QQQ", int(flags), mode, int(resolve))
+    buf = ctypes.create_string_buffer(how, len(how))
+    ret = _libc.syscall(
+        "openat2",
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(_path(path)),
+        buf,
+        ctypes.c_size_t(len(how)),
+    )
+    if ret < 0:
+        _raise(
+            -ret,
+            "openat2",
+            [shown or path],
+            f"{flag_names(flags, OpenFlag)} resolve={flag_names(resolve, Resolve)}",
+        )
+    return Fd(ret, f"openat2:{shown or path}")
+
+
+def mkdirat(dirfd: int, name: str, mode: int, shown: str = "") -> None:
+    """mkdir relative to a directory fd; ``name`` must be one path component."""
+    try:
+        os.mkdir(name, mode, dir_fd=dirfd)
+    except OSError as exc:
+        _raise(exc.errno or errno.EIO, "mkdirat", [shown or name], oct(mode))
+
+
+class MountIds:
+    """The ids ``statx`` reports for the mount containing an object."""
+
+    __slots__ = ("mnt_id", "unique")
+
+    def __init__(self, mnt_id: int, unique: bool) -> None:
+        self.mnt_id = mnt_id
+        self.unique = unique
+
+    def __repr__(self) -> str:
+        return f"MountIds(mnt_id={self.mnt_id}, unique={self.unique})"
+
+
+_STATX_SIZE = 256
+_STX_MASK_OFFSET = 0
+_STX_MNT_ID_OFFSET = 144
+
+
+def statx_mount_ids(dirfd: int, path: str = "", flags: AtFlag = AtFlag.EMPTY_PATH) -> MountIds:
+    """Mount id of the object: the unique 64-bit one (6.8+) or the old reusable one."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    mask = StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID
+    ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID_UNIQUE), buf)
+    if ret < 0:
+        _raise(-ret, "statx", [path] if path else [], flag_names(mask, StatxMask))
+    (got,) = struct.unpack_from("<I", buf.raw, _STX_MASK_OFFSET)
+    (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
+    if got & StatxMask.MNT_ID_UNIQUE:
+        return MountIds(mnt_id, True)
+    # Older kernels ignore the unique bit; ask for the 32-bit id explicitly.
+    ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID), buf)
+    if ret < 0:
+        _raise(-ret, "statx", [path] if path else [], "MNT_ID")
+    (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
+    return MountIds(mnt_id, False)
+
+
+def umount_at(dirfd: int, name: str, flags: UmountFlag = UmountFlag.NOFOLLOW, shown: str = "") -> None:
+    """Unmount the mount on ``name`` inside directory ``dirfd``.
+
+    There is no umountat(2). Going through the ``/proc/self/fd/N`` magic link pins
+    the parent directory without changing the process cwd (fchdir would, for every
+    thread), so this is safe to call from several threads. ``name`` must be a single
+    component so that UMOUNT_NOFOLLOW covers the whole user-controlled part of the
+    path: a symlink planted at ``name`` is never followed.
+    """
+    if not name or "/" in name or name in {".", ".."}:
+        raise ValueError(f"umount_at needs one path component, got {name!r}")
+    path = f"/proc/self/fd/{dirfd}/{name}"
+    flags = UmountFlag(flags | UmountFlag.NOFOLLOW)
+    ret = _libc.call(_libc.umount2, _path(path), int(flags))
+    if ret < 0:
+        _raise(-ret, "umount2", [shown or name], flag_names(flags, UmountFlag))

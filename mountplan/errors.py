@@ -1,0 +1,202 @@
+"""The one exception tree of mountplan.
+
+::
+
+    MountplanError                      base of everything mountplan raises
+    ├── KernelError(OSError)            a syscall failed; names op, paths, flags, errno,
+    │   └── FeatureMissingError         the running kernel lacks a needed syscall
+    ├── PlanError                       the plan is invalid; carries every Diagnostic
+    ├── CompileError                    the plan cannot be ordered (cycle, conflict)
+    ├── RootError                       a root is missing, not a directory, unusable
+    ├── ExecutionError                  a step failed; carries the step, the cause and
+    │                                   what rollback left behind
+    ├── BusyError(ExecutionError)       an unmount hit EBUSY; names the holders
+    ├── LockError                       another mountplan holds the state lock
+    ├── StateError                      the state file is unreadable or inconsistent
+    └── StalePlanError                  a saved plan no longer matches the live table
+
+This module imports nothing from mountplan so every layer may raise these.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "BusyError",
+    "CompileError",
+    "ExecutionError",
+    "FeatureMissingError",
+    "KernelError",
+    "LockError",
+    "MountplanError",
+    "PlanError",
+    "RootError",
+    "StalePlanError",
+    "StateError",
+]
+
+
+class MountplanError(Exception):
+    """Base class of every error mountplan raises on purpose."""
+
+    #: Process exit code the CLI uses for this kind of error (see docs/cli.md).
+    exit_code: int = 1
+
+
+class KernelError(MountplanError, OSError):
+    """A syscall failed.
+
+    ``str()`` gives one line naming the syscall, its paths and flags, the errno
+    name and every message the kernel logged in the filesystem context, plus a
+    hint for errnos with a well-known cause.
+    """
+
+    exit_code = 4
+
+    def __init__(
+        self,
+        err: int,
+        op: str,
+        *,
+        paths: Sequence[str] = (),
+        flags: str = "",
+        kernel_messages: Sequence[str] = (),
+        hint: str = "",
+    ) -> None:
+        super().__init__(err, _errno_text(err))
+        self.op = op
+        self.paths = tuple(paths)
+        self.flags = flags
+        self.kernel_messages = tuple(kernel_messages)
+        self.hint = hint
+
+    @property
+    def errno_name(self) -> str:
+        """Symbolic errno, such as ``EINVAL``."""
+        return _errno.errorcode.get(self.errno or 0, f"errno {self.errno}")
+
+    def __str__(self) -> str:
+        parts = [self.op]
+        if self.paths:
+            parts.append(" ".join(repr(p) for p in self.paths))
+        if self.flags:
+            parts.append(f"[{self.flags}]")
+        text = f"{' '.join(parts)}: {self.errno_name} ({self.strerror})"
+        if self.kernel_messages:
+            text += "; kernel says: " + "; ".join(self.kernel_messages)
+        if self.hint:
+            text += f"; hint: {self.hint}"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_kernel_error,
+            (self.errno, self.op, self.paths, self.flags, self.kernel_messages, self.hint),
+        )
+
+
+def _rebuild_kernel_error(
+    err: int, op: str, paths: tuple[str, ...], flags: str, messages: tuple[str, ...], hint: str
+) -> KernelError:
+    return KernelError(err, op, paths=paths, flags=flags, kernel_messages=messages, hint=hint)
+
+
+class FeatureMissingError(KernelError):
+    """The running kernel lacks a syscall mountplan needs; raised before any change."""
+
+    exit_code = 5
+
+    def __init__(self, syscall: str, since: str, err: int = _errno.ENOSYS) -> None:
+        super().__init__(
+            err,
+            syscall,
+            hint=f"{syscall} needs Linux {since} or newer (or it is blocked by seccomp)",
+        )
+        self.syscall = syscall
+        self.since = since
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FeatureMissingError, (self.syscall, self.since, self.errno))
+
+
+class PlanError(MountplanError):
+    """The plan is invalid. ``diagnostics`` holds every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, diagnostics: Sequence[Any]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics) or "invalid plan")
+
+
+class CompileError(MountplanError):
+    """The plan cannot be turned into an ordered set of steps."""
+
+    exit_code = 2
+
+
+class RootError(MountplanError):
+    """A root is missing, not a directory, or not given."""
+
+    exit_code = 3
+
+
+class ExecutionError(MountplanError):
+    """A step failed during apply or destroy.
+
+    ``step`` names the failed step, ``cause`` is the underlying error, and
+    ``leftovers`` lists what rollback could not undo (empty when the system is
+    back where it started).
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, step: str = "", leftovers: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.step = step
+        self.leftovers = tuple(leftovers)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.leftovers:
+            text += "\nleft behind (run `mountplan recover` later):\n" + "\n".join(
+                f"  {item}" for item in self.leftovers
+            )
+        return text
+
+
+class BusyError(ExecutionError):
+    """An unmount failed with EBUSY; ``holders`` names the processes that hold it."""
+
+    def __init__(
+        self, message: str, *, step: str = "", holders: Sequence[str] = (), leftovers: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message, step=step, leftovers=leftovers)
+        self.holders = tuple(holders)
+
+
+class LockError(MountplanError):
+    """Another mountplan process holds the state lock past ``--lock-timeout``."""
+
+    exit_code = 6
+
+
+class StateError(MountplanError):
+    """The state file cannot be read or does not match what it describes."""
+
+    exit_code = 7
+
+
+class StalePlanError(MountplanError):
+    """A saved plan was made against a live table that has since changed."""
+
+    exit_code = 8
+
+
+def _errno_text(err: int) -> str:
+    import os
+
+    return os.strerror(err)

@@ -1,0 +1,250 @@
+"""The plan model: frozen data that every layer above the loader works from.
+
+A :class:`Plan` is pure data. It never touches the kernel; the loader builds it
+from YAML after validation, and the compiler turns it into steps.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from dataclasses import dataclass, field
+
+from mountplan._kernel.constants import MountAttr
+from mountplan._kernel.constants import Propagation as KernelPropagation
+
+__all__ = [
+    "Attr",
+    "BindSource",
+    "MountKind",
+    "MountSpec",
+    "MountpointKind",
+    "MountpointSpec",
+    "Option",
+    "Plan",
+    "Propagation",
+    "RootSpec",
+    "SourceRef",
+    "normalize_target",
+]
+
+
+class Attr(enum.Enum):
+    """A per-mount attribute as written in a plan."""
+
+    RO = "ro"
+    NOSUID = "nosuid"
+    NODEV = "nodev"
+    NOEXEC = "noexec"
+    NOATIME = "noatime"
+    RELATIME = "relatime"
+    STRICTATIME = "strictatime"
+    NODIRATIME = "nodiratime"
+    NOSYMFOLLOW = "nosymfollow"
+
+    @property
+    def kernel_flag(self) -> MountAttr:
+        """The ``MOUNT_ATTR_*`` bit (RELATIME is the atime mode 0)."""
+        return _ATTR_FLAGS[self]
+
+
+_ATTR_FLAGS = {
+    Attr.RO: MountAttr.RDONLY,
+    Attr.NOSUID: MountAttr.NOSUID,
+    Attr.NODEV: MountAttr.NODEV,
+    Attr.NOEXEC: MountAttr.NOEXEC,
+    Attr.NOATIME: MountAttr.NOATIME,
+    Attr.RELATIME: MountAttr(0),
+    Attr.STRICTATIME: MountAttr.STRICTATIME,
+    Attr.NODIRATIME: MountAttr.NODIRATIME,
+    Attr.NOSYMFOLLOW: MountAttr.NOSYMFOLLOW,
+}
+
+#: Attributes that select the one atime mode; at most one may be given.
+ATIME_ATTRS = frozenset({Attr.NOATIME, Attr.RELATIME, Attr.STRICTATIME})
+
+
+def attrs_to_kernel(attrs: frozenset[Attr]) -> MountAttr:
+    """Fold plan attributes into a ``MOUNT_ATTR_*`` set."""
+    flags = MountAttr(0)
+    for attr in attrs:
+        flags |= attr.kernel_flag
+    return flags
+
+
+class Propagation(enum.Enum):
+    """Mount propagation as written in a plan."""
+
+    PRIVATE = "private"
+    SLAVE = "slave"
+    SHARED = "shared"
+    UNBINDABLE = "unbindable"
+
+    @property
+    def kernel_value(self) -> KernelPropagation:
+        return KernelPropagation[self.name]
+
+
+class MountKind(enum.Enum):
+    FILESYSTEM = "filesystem"  # fsopen → fsconfig → fsmount
+    BIND = "bind"  # open_tree(CLONE)
+
+
+class MountpointKind(enum.Enum):
+    DIRECTORY = "directory"
+    FILE = "file"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One filesystem option, passed to fsconfig in plan order.
+
+    ``value`` None is a flag (FSCONFIG_SET_FLAG); anything else is a string
+    (FSCONFIG_SET_STRING). A list in the plan becomes one Option per element, in
+    order, which is how overlay's ``lowerdir+`` is given.
+    """
+
+    key: str
+    value: str | None = None
+
+    def render(self) -> str:
+        return self.key if self.value is None else f"{self.key}={self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """A path a mount reads from: on the host (``root`` None) or beneath a root."""
+
+    path: str
+    root: str | None = None
+
+    def render(self) -> str:
+        return self.path if self.root is None else f"{self.root}:{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class BindSource:
+    """What a bind mount clones: a host path, or a path beneath a named root."""
+
+    source: SourceRef
+    recursive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MountpointSpec:
+    """How to make the mountpoint when it does not exist.
+
+    ``kind`` None means: a directory, or an empty file when a bind's source is a
+    file (decided when the step runs, from the source itself).
+    """
+
+    create: bool = True
+    kind: MountpointKind | None = None
+    mode: int = 0o755
+
+
+@dataclass(frozen=True, slots=True)
+class RootSpec:
+    """A named anchor directory, opened once as a dirfd. ``path`` may come at run time."""
+
+    name: str
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    """One planned mount, with every default already applied by the loader."""
+
+    name: str
+    root: str
+    target: str  # normalised, relative, never "" / absolute / climbing (see normalize_target)
+    fs_type: str | None = None  # set for filesystem mounts
+    source: str | None = None  # the fs context's "source" string, shown in mountinfo
+    options: tuple[Option, ...] = ()
+    bind: BindSource | None = None
+    attrs: frozenset[Attr] = frozenset()
+    propagation: Propagation = Propagation.PRIVATE
+    mountpoint: MountpointSpec = field(default_factory=MountpointSpec)
+    after: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> MountKind:
+        return MountKind.BIND if self.bind is not None else MountKind.FILESYSTEM
+
+    @property
+    def kernel_attrs(self) -> MountAttr:
+        return attrs_to_kernel(self.attrs)
+
+    def source_refs(self) -> tuple[SourceRef, ...]:
+        """Every path this mount reads from (bind source, overlay layers).
+
+        The compiler orders a mount after any planned mount that covers one of these.
+        """
+        refs: list[SourceRef] = []
+        if self.bind is not None:
+            refs.append(self.bind.source)
+        if self.fs_type == "overlay":
+            for opt in self.options:
+                if opt.value is None or opt.key not in OVERLAY_PATH_KEYS:
+                    continue
+                refs.extend(overlay_layer_refs(opt, self.root))
+        return tuple(refs)
+
+
+#: overlay options whose values are paths (relative ones are beneath the mount's root).
+OVERLAY_PATH_KEYS = frozenset({"lowerdir", "lowerdir+", "upperdir", "workdir", "datadir+"})
+
+
+def overlay_layer_refs(opt: Option, root: str) -> list[SourceRef]:
+    """Split an overlay path option into SourceRefs (legacy ``lowerdir`` is ``a:b``)."""
+    assert opt.value is not None
+    parts = opt.value.split(":") if opt.key == "lowerdir" else [opt.value]
+    out = []
+    for part in parts:
+        if part.startswith("/"):
+            out.append(SourceRef(part))
+        else:
+            out.append(SourceRef(normalize_target(part), root))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated plan. ``mounts`` keep plan order; the compiler decides run order."""
+
+    name: str
+    roots: tuple[RootSpec, ...]
+    mounts: tuple[MountSpec, ...]
+    version: int = 1
+    source_file: str | None = None
+
+    def root(self, name: str) -> RootSpec:
+        for root in self.roots:
+            if root.name == name:
+                return root
+        raise KeyError(name)
+
+    def mount(self, name: str) -> MountSpec:
+        for mount in self.mounts:
+            if mount.name == name:
+                return mount
+        raise KeyError(name)
+
+
+def normalize_target(path: str) -> str:
+    """Normalise a root-relative path: ``a//b/./c/`` → ``a/b/c``.
+
+    Raises ValueError for absolute paths, empty paths and paths that climb out
+    with ``..``; the loader turns that into a diagnostic. Symlinks are not
+    considered here: they are refused at run time by openat2.
+    """
+    if not path or path.startswith("/"):
+        raise ValueError(f"target {path!r} must be a relative path beneath its root")
+    if ".." in path.split("/"):
+        raise ValueError(f"target {path!r} has a '..' component; targets may not climb")
+    norm = posixpath.normpath(path)
+    if norm == ".":
+        raise ValueError(f"target {path!r} names the root itself")
+    if "\0" in norm:
+        raise ValueError(f"target {path!r} contains a NUL byte")
+    return norm
