@@ -1,0 +1,393 @@
+"""The live mount table, read from statmount(2) or /proc/self/mountinfo into one record type."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mountplan._kernel.constants import MountAttr, Propagation
+from mountplan._kernel.features import detect
+from mountplan._kernel.statmount import StatmountMask, iter_mounts, statmount
+from mountplan.errors import KernelError
+
+__all__ = [
+    "LiveMount",
+    "LiveTable",
+    "TableSource",
+    "escape_mountinfo",
+    "parse_mountinfo",
+    "read_live_table",
+    "read_mountinfo",
+    "read_statmount",
+    "unescape_mountinfo",
+]
+
+
+class TableSource(enum.Enum):
+    """Where a live table comes from."""
+
+    AUTO = "auto"
+    STATMOUNT = "statmount"
+    MOUNTINFO = "mountinfo"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMount:
+    """One mount as the kernel reports it, whichever interface it came from.
+
+    ``mnt_id``/``parent_id`` are the unique 64-bit ids (never reused) and are
+    ``None`` when the table came from mountinfo, which only has the reusable
+    32-bit ``mnt_id_old``/``parent_id_old``. ``propagation`` is one value:
+    SHARED wins over UNBINDABLE over SLAVE over PRIVATE, and ``master`` is kept
+    whenever the mount is a slave, so "shared and slave" is SHARED plus a master.
+    """
+
+    mnt_id: int | None
+    mnt_id_old: int
+    parent_id: int | None
+    parent_id_old: int
+    mount_point: str
+    root: str
+    fs_type: str
+    source: str
+    super_options: tuple[str, ...]
+    super_readonly: bool
+    attrs: MountAttr
+    propagation: Propagation
+    peer_group: int | None
+    master: int | None
+    propagate_from: int | None
+    dev: tuple[int, int]
+
+    @property
+    def is_slave(self) -> bool:
+        """The mount receives propagation from a master peer group."""
+        return self.master is not None
+
+
+# mountinfo escapes exactly these in paths and sources (fs/proc_namespace.c mangle()).
+_ESCAPE = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}
+_ESCAPE_RE = re.compile(r"[ \t\n\\]")
+_UNESCAPE_RE = re.compile(r"\\([0-3][0-7]{2})")
+
+
+def escape_mountinfo(text: str) -> str:
+    """Escape a path or source the way the kernel writes it into mountinfo."""
+    return _ESCAPE_RE.sub(lambda m: _ESCAPE[m.group()], text)
+
+
+def _unescape_char(match: re.Match[str]) -> str:
+    value = int(match.group(1), 8)
+    # A byte above 0x7f stands for itself in the raw file, which we decode with
+    # surrogateescape; map an escaped one the same way so both spellings agree.
+    return chr(value) if value < 0x80 else chr(0xDC00 + value)
+
+
+def unescape_mountinfo(text: str) -> str:
+    """Undo the kernel's ``\\ooo`` octal escapes (``\\040`` is a space)."""
+    if "\\" not in text:
+        return text
+    return _UNESCAPE_RE.sub(_unescape_char, text)
+
+
+_PER_MOUNT_ATTRS = {
+    "ro": MountAttr.RDONLY,
+    "nosuid": MountAttr.NOSUID,
+    "nodev": MountAttr.NODEV,
+    "noexec": MountAttr.NOEXEC,
+    "noatime": MountAttr.NOATIME,
+    "nodiratime": MountAttr.NODIRATIME,
+    "nosymfollow": MountAttr.NOSYMFOLLOW,
+    "idmapped": MountAttr.IDMAP,
+}
+_KNOWN_ATTRS = int(
+    MountAttr.RDONLY
+    | MountAttr.NOSUID
+    | MountAttr.NODEV
+    | MountAttr.NOEXEC
+    | MountAttr.NOATIME
+    | MountAttr.STRICTATIME
+    | MountAttr.NODIRATIME
+    | MountAttr.NOSYMFOLLOW
+    | MountAttr.IDMAP
+)
+
+
+def _attrs_from_options(options: str) -> MountAttr:
+    attrs = 0
+    relatime = False
+    for opt in options.split(","):
+        flag = _PER_MOUNT_ATTRS.get(opt)
+        if flag is not None:
+            attrs |= flag
+        elif opt == "relatime":
+            relatime = True
+    # mountinfo prints "relatime" or "noatime"; neither means strictatime.
+    if not relatime and not attrs & MountAttr.NOATIME:
+        attrs |= MountAttr.STRICTATIME
+    return MountAttr(attrs)
+
+
+def _propagation(shared: bool, slave: bool, unbindable: bool) -> Propagation:
+    if shared:
+        return Propagation.SHARED
+    if unbindable:
+        return Propagation.UNBINDABLE
+    if slave:
+        return Propagation.SLAVE
+    return Propagation.PRIVATE
+
+
+def _parse_line(line: str) -> LiveMount:
+    # Fields are separated by single spaces; a field never contains one (escaped
+    # as \040), but the source field may be empty, which gives two spaces in a row.
+    parts = line.split(" ")
+    try:
+        sep = parts.index("-", 6)
+    except ValueError:
+        raise ValueError(f"mountinfo line without ' - ' separator: {line!r}") from None
+    if len(parts) - sep != 4:
+        raise ValueError(f"mountinfo line needs fstype, source and options after '-': {line!r}")
+    mnt_id, parent, dev, root, mount_point, mount_opts = parts[:6]
+    shared = slave = unbindable = False
+    peer = master = propagate_from = None
+    for tag in parts[6:sep]:
+        name, _, value = tag.partition(":")
+        if name == "shared":
+            shared, peer = True, int(value)
+        elif name == "master":
+            slave, master = True, int(value)
+        elif name == "propagate_from":
+            propagate_from = int(value)
+        elif name == "unbindable":
+            unbindable = True
+    fs_type, source, super_opts = parts[sep + 1 :]
+    ro_rw, _, rest = super_opts.partition(",")
+    major, _, minor = dev.partition(":")
+    return LiveMount(
+        mnt_id=None,
+        mnt_id_old=int(mnt_id),
+        parent_id=None,
+        parent_id_old=int(parent),
+        mount_point=unescape_mountinfo(mount_point),
+        root=unescape_mountinfo(root),
+        fs_type=fs_type,
+        source=unescape_mountinfo(source),
+        super_options=tuple(unescape_mountinfo(o) for o in rest.split(",")) if rest else (),
+        super_readonly=ro_rw == "ro",
+        attrs=_attrs_from_options(mount_opts),
+        propagation=_propagation(shared, slave, unbindable),
+        peer_group=peer,
+        master=master,
+        propagate_from=propagate_from,
+        dev=(int(major), int(minor)),
+    )
+
+
+def parse_mountinfo(text: str) -> list[LiveMount]:
+    """Parse mountinfo text (proc(5) format) into LiveMount records, in file order.
+
+    Raises ValueError for a malformed line. Bytes that are not UTF-8 should be
+    decoded with ``surrogateescape`` (as :func:`read_mountinfo` does).
+    """
+    return [_parse_line(line) for line in text.split("\n") if line]
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[LiveMount]:
+    """Read and parse a mountinfo file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return parse_mountinfo(raw.decode("utf-8", "surrogateescape"))
+
+
+_TABLE_MASK = (
+    StatmountMask.SB_BASIC
+    | StatmountMask.MNT_BASIC
+    | StatmountMask.PROPAGATE_FROM
+    | StatmountMask.MNT_ROOT
+    | StatmountMask.MNT_POINT
+    | StatmountMask.FS_TYPE
+    | StatmountMask.FS_SUBTYPE
+    | StatmountMask.MNT_OPTS
+    | StatmountMask.SB_SOURCE
+)
+_SB_RDONLY = 0x1
+# Generic superblock flags that mountinfo lists among the super options but
+# statmount's mnt_opts omits (fs/proc_namespace.c show_sb_opts, in that order).
+_SB_FLAG_OPTIONS = ((0x10, "sync"), (0x80, "dirsync"), (0x40, "mand"), (1 << 25, "lazytime"))
+_MS_UNBINDABLE = 1 << 17
+_MS_SLAVE = 1 << 19
+_MS_SHARED = 1 << 20
+
+
+def statmount_live(mnt_id: int, *, ns_id: int = 0) -> LiveMount:
+    """One mount, by unique id, as a LiveMount (statmount with the fields a table needs)."""
+    r = statmount(mnt_id, _TABLE_MASK, ns_id=ns_id)
+    sb_flags = r.sb_flags or 0
+    options = [name for bit, name in _SB_FLAG_OPTIONS if sb_flags & bit]
+    if r.mnt_opts:
+        options.extend(unescape_mountinfo(o) for o in r.mnt_opts.split(","))
+    prop = r.mnt_propagation or 0
+    shared = bool(prop & _MS_SHARED)
+    slave = bool(prop & _MS_SLAVE)
+    master = r.mnt_master if slave else None
+    # mountinfo prints propagate_from only when it differs from the master.
+    propagate_from = r.propagate_from if slave and r.propagate_from not in (None, 0, master) else None
+    fs_type = r.fs_type or ""
+    if r.fs_subtype:
+        fs_type = f"{fs_type}.{r.fs_subtype}"
+    return LiveMount(
+        mnt_id=r.mnt_id,
+        mnt_id_old=r.mnt_id_old or 0,
+        parent_id=r.mnt_parent_id,
+        parent_id_old=r.mnt_parent_id_old or 0,
+        mount_point=r.mnt_point or "",
+        root=r.mnt_root or "",
+        fs_type=fs_type,
+        source=r.sb_source or "",
+        super_options=tuple(options),
+        super_readonly=bool(sb_flags & _SB_RDONLY),
+        attrs=MountAttr(int(r.mnt_attr or 0) & _KNOWN_ATTRS),
+        propagation=_propagation(shared, slave, bool(prop & _MS_UNBINDABLE)),
+        peer_group=(r.mnt_peer_group or None) if shared else None,
+        master=master,
+        propagate_from=propagate_from,
+        dev=(r.sb_dev_major or 0, r.sb_dev_minor or 0),
+    )
+
+
+def read_statmount(*, ns_id: int = 0) -> list[LiveMount]:
+    """Every mount of the current namespace via listmount + statmount, ascending unique id.
+
+    A mount unmounted between listmount and statmount (ENOENT) is left out.
+    """
+    out: list[LiveMount] = []
+    for mnt_id in iter_mounts():
+        try:
+            out.append(statmount_live(mnt_id, ns_id=ns_id))
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTable:
+    """A snapshot of the mount table with lookups.
+
+    ``mounts`` keeps the kernel's namespace order: ascending unique id for
+    statmount, file order for mountinfo (the same order on Linux 6.8+, where the
+    namespace keeps its mounts sorted by unique id).
+    """
+
+    mounts: tuple[LiveMount, ...]
+    source: TableSource
+    _by_id: dict[int, LiveMount] = field(init=False, repr=False, compare=False)
+    _by_old_id: dict[int, LiveMount] = field(init=False, repr=False, compare=False)
+    _by_point: dict[str, tuple[LiveMount, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_id = {m.mnt_id: m for m in self.mounts if m.mnt_id is not None}
+        by_old = {m.mnt_id_old: m for m in self.mounts}
+        groups: dict[str, list[LiveMount]] = {}
+        for m in self.mounts:
+            groups.setdefault(m.mount_point, []).append(m)
+        by_point = {p: _stack_order(g) for p, g in groups.items()}
+        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_by_old_id", by_old)
+        object.__setattr__(self, "_by_point", by_point)
+
+    def __len__(self) -> int:
+        return len(self.mounts)
+
+    def __iter__(self) -> Iterator[LiveMount]:
+        return iter(self.mounts)
+
+    def by_id(self, mnt_id: int) -> LiveMount | None:
+        """The mount with this unique 64-bit id (always None for a mountinfo table)."""
+        return self._by_id.get(mnt_id)
+
+    def by_old_id(self, mnt_id_old: int) -> LiveMount | None:
+        """The mount with this 32-bit id (as mountinfo and findmnt show it)."""
+        return self._by_old_id.get(mnt_id_old)
+
+    def parent(self, mount: LiveMount) -> LiveMount | None:
+        """The mount this one is attached to, or None for the namespace root."""
+        if mount.parent_id is not None:
+            return self._by_id.get(mount.parent_id)
+        parent = self._by_old_id.get(mount.parent_id_old)
+        return None if parent is mount else parent
+
+    def at(self, mount_point: str) -> list[LiveMount]:
+        """Every mount on exactly this path, bottom of the stack first."""
+        return list(self._by_point.get(_normalize_path(mount_point), ()))
+
+    def beneath(self, path: str) -> list[LiveMount]:
+        """Mounts on ``path`` or anywhere below it, in table order."""
+        path = _normalize_path(path)
+        if path == "/":
+            return list(self.mounts)
+        prefix = path + "/"
+        return [m for m in self.mounts if m.mount_point == path or m.mount_point.startswith(prefix)]
+
+
+def _normalize_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"mount point must be absolute, got {path!r}")
+    stripped = path.rstrip("/")
+    return stripped or "/"
+
+
+def _stack_order(group: list[LiveMount]) -> tuple[LiveMount, ...]:
+    if len(group) == 1:
+        return (group[0],)
+    # A mount stacked on another has the lower one as its parent, so depth in the
+    # parent chain inside the group orders a stack even after MOVE_MOUNT_BENEATH.
+    def key_of(m: LiveMount) -> int:
+        return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
+
+    def parent_key(m: LiveMount) -> int:
+        return m.parent_id if m.parent_id is not None else m.parent_id_old
+
+    members = {key_of(m): m for m in group}
+    depth: dict[int, int] = {}
+    for m in group:
+        chain: list[int] = []
+        cur: LiveMount | None = m
+        while cur is not None and key_of(cur) not in depth and key_of(cur) not in chain:
+            chain.append(key_of(cur))
+            nxt = members.get(parent_key(cur))
+            cur = None if nxt is cur else nxt
+        base = depth[key_of(cur)] + 1 if cur is not None and key_of(cur) in depth else 0
+        for offset, k in enumerate(reversed(chain)):
+            depth[k] = base + offset
+
+    order = {id(m): i for i, m in enumerate(group)}
+    return tuple(sorted(group, key=lambda m: (depth[key_of(m)], order[id(m)])))
+
+
+def _has_statmount() -> bool:
+    features = detect()
+    return features.has("statmount") and features.has("listmount")
+
+
+def read_live_table(source: TableSource = TableSource.AUTO) -> LiveTable:
+    """Read the current namespace's mount table.
+
+    AUTO uses statmount when the kernel has it (ENOSYS or a seccomp EPERM count
+    as absent) and falls back to /proc/self/mountinfo.
+    """
+    if source is TableSource.MOUNTINFO:
+        return LiveTable(tuple(read_mountinfo()), TableSource.MOUNTINFO)
+    if source is TableSource.STATMOUNT:
+        return LiveTable(tuple(read_statmount()), TableSource.STATMOUNT)
+    if _has_statmount():
+        try:
+            return LiveTable(tuple(read_statmount()), TableSource.STATMOUNT)
+        except KernelError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+    return LiveTable(tuple(read_mountinfo()), TableSource.MOUNTINFO)
