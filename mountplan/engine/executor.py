@@ -1,0 +1,685 @@
+"""Execute compiled steps as a transaction, with a journal and rollback.
+
+apply: for each mount in run order, walk its chain of steps. Before and after
+every step that changes the system, a journal line records what to undo. On any
+failure every open mount fd is closed (an open fd makes an unmount EBUSY), then
+the recorded changes are undone in reverse order, carrying on past undo failures;
+whatever could not be undone is reported and stays in the journal for
+``recover``. A mount is only ever unmounted after checking that the mount now at
+its target has the mount id recorded when mountplan made it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from mountplan._kernel import (
+    AtFlag,
+    Fd,
+    MountAttr,
+    MoveMountFlag,
+    OpenFlag,
+    OpenTreeFlag,
+    UmountFlag,
+    detect,
+)
+from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
+from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, RootError
+from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec, Plan
+
+from .backend import Backend, KernelBackend
+from .holders import find_holders
+from .roots import (
+    BENEATH,
+    O_PATH_ANY,
+    O_PATH_DIR,
+    RootHandle,
+    RootIdentity,
+    RootSet,
+    open_roots,
+    reopen_root,
+    resolve,
+    resolve_parent,
+)
+from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
+
+# Events go through a stdlib logger that nobody configures but the CLI: an
+# embedding program sees only warnings (stdlib's last-resort handler) until it
+# sets up logging itself. The library never configures structlog.
+log = structlog.wrap_logger(logging.getLogger("mountplan"))
+
+AT_FDCWD = -100
+
+
+def fingerprint(spec: MountSpec) -> str:
+    """Identity of a mount's definition; a change means the mount must be replaced."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply did: mounts created, left as they were, and replaced."""
+
+    plan: str
+    created: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    replaced: tuple[str, ...]
+    state_file: str
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.replaced)
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyResult:
+    plan: str
+    removed: tuple[str, ...]
+    already_gone: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverResult:
+    undone: tuple[str, ...]
+    leftovers: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Undo:
+    """One journaled change, undone in reverse order on failure."""
+
+    seq: int
+    op: str  # "mount" | "mkdir" | "mkfile"
+    root: str
+    path: str
+    mnt_id: int = 0
+    dev: int = 0
+    ino: int = 0
+    mount: str = ""
+
+    def describe(self) -> str:
+        if self.op == "mount":
+            return f"mount {self.mount!r} at {self.root}:{self.path} (mount id {self.mnt_id})"
+        return f"{'directory' if self.op == 'mkdir' else 'file'} {self.root}:{self.path} created for {self.mount!r}"
+
+
+@dataclass(slots=True)
+class _Handles:
+    """Fds one mount's chain holds while it runs; all closed before any unmount."""
+
+    fs: Fd | None = None
+    mnt: Fd | None = None
+    target: Fd | None = None
+    extra: list[Fd] = field(default_factory=list)
+    source_is_file: bool = False
+    mnt_id: int = 0
+    unique: bool = True
+    created: list[dict[str, Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in (self.fs, self.mnt, self.target, *self.extra):
+            if fd is not None:
+                fd.close()
+        self.extra.clear()
+
+
+def root_paths(plan: Plan, overrides: Mapping[str, str | int] | None) -> dict[str, str | int | None]:
+    """Plan root paths with run-time overrides (paths or caller-owned fds) applied."""
+    merged: dict[str, str | int | None] = {r.name: r.path for r in plan.roots}
+    for name, value in (overrides or {}).items():
+        if name not in merged:
+            raise RootError(f"--root {name}: the plan has no root named {name!r} (it has {', '.join(sorted(merged)) or 'none'})")
+        merged[name] = value
+    return merged
+
+
+class Engine:
+    """Runs plans against the kernel through a backend, with state in ``state_dir``."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        state_dir: str | None = None,
+        lock_timeout: float = 30.0,
+        lazy: bool = False,
+    ) -> None:
+        self.backend: Any = backend if backend is not None else KernelBackend()
+        self.state_dir = state_dir or default_state_dir()
+        self.lock_timeout = lock_timeout
+        self.lazy = lazy
+        self._tx: tuple[StateStore, list[_Undo]] | None = None
+
+    # ================================================================== public
+
+    def apply(
+        self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, compiled: CompiledPlan | None = None
+    ) -> ApplyResult:
+        """Make every planned mount; undo everything on failure."""
+        detect().require()
+        compiled = compiled or compile_apply(plan)
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, roots), needed) as rootset:
+            store = self._store(plan, rootset)
+            with store.locked(self.lock_timeout):
+                self._recover_store(store)
+                state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
+                return self._apply_locked(plan, compiled, rootset, store, state)
+
+    def destroy(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> DestroyResult:
+        """Unmount every mount this plan instance made, innermost first, and remove its mountpoints."""
+        detect().require()
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, roots), needed) as rootset:
+            store = self._store(plan, rootset)
+            with store.locked(self.lock_timeout):
+                self._recover_store(store)
+                state = store.load()
+                if state is None:
+                    return DestroyResult(plan.name, (), ())
+                return self._destroy_locked(plan.name, state, rootset, store)
+
+    def recover(self, key: str | None = None) -> RecoverResult:
+        """Undo what interrupted runs left in their journals (every instance, or one)."""
+        undone: list[str] = []
+        leftovers: list[str] = []
+        for k in [key] if key else StateStore.instances(self.state_dir):
+            store = StateStore(self.state_dir, k)
+            with store.locked(self.lock_timeout):
+                done, left = self._recover_store(store, raise_on_leftovers=False)
+            undone += done
+            leftovers += left
+        return RecoverResult(tuple(undone), tuple(leftovers))
+
+    def load_state(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> tuple[StateStore, State | None]:
+        """The state store and committed state of a plan instance (no lock, read only)."""
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, roots), needed) as rootset:
+            store = self._store(plan, rootset)
+            return store, store.load()
+
+    # ================================================================== helpers
+
+    @staticmethod
+    def _root_json(rootset: RootSet) -> dict[str, dict[str, Any]]:
+        return {name: handle.identity.to_json() for name, handle in rootset.items()}
+
+    def _store(self, plan: Plan, rootset: RootSet) -> StateStore:
+        return StateStore(self.state_dir, instance_key(plan.name, self._root_json(rootset)))
+
+    def mount_is_ours(self, root: RootHandle, target: str, mnt_id: int) -> bool:
+        """True when the mount now at ``target`` is the one with id ``mnt_id``."""
+        try:
+            parent, name = resolve_parent(self.backend, root, target)
+        except KernelError as exc:
+            if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+                return False
+            raise
+        try:
+            ids = self.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        finally:
+            parent.close()
+        return bool(ids.mnt_id == mnt_id)
+
+    # ================================================================== apply
+
+    def _apply_locked(
+        self, plan: Plan, compiled: CompiledPlan, rootset: RootSet, store: StateStore, state: State
+    ) -> ApplyResult:
+        plog = log.bind(plan=plan.name)
+        unchanged: list[str] = []
+        replaced: list[str] = []
+        todo: list[str] = []
+        for name in compiled.mount_order:
+            spec = plan.mount(name)
+            managed = state.managed(name)
+            if managed is not None:
+                present = self.mount_is_ours(rootset[managed.root], managed.target, managed.mnt_id)
+                if present and managed.fingerprint == fingerprint(spec):
+                    unchanged.append(name)
+                    continue
+                if present:
+                    self._unmount_managed(managed, rootset[managed.root], plog)
+                    self._remove_created(managed, rootset[managed.root])
+                    replaced.append(name)
+                state.mounts.remove(managed)
+                store.save(state)
+            todo.append(name)
+        if not todo:
+            plog.info("apply.unchanged", mounts=len(unchanged))
+            return ApplyResult(plan.name, (), tuple(unchanged), (), store.state_path)
+
+        store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
+        undo: list[_Undo] = []
+        self._tx = (store, undo)
+        all_handles: list[_Handles] = []
+        made: list[ManagedMount] = []
+        current: Step | None = None
+        try:
+            for name in todo:
+                spec = plan.mount(name)
+                handles = _Handles()
+                all_handles.append(handles)
+                mlog = plog.bind(mount=name)
+                for step in compiled.chain(name):
+                    current = step
+                    self._run_step(step, spec, rootset[spec.root], handles, store, undo, mlog)
+                handles.close()
+                made.append(
+                    ManagedMount(
+                        name=name,
+                        root=spec.root,
+                        target=spec.target,
+                        mnt_id=handles.mnt_id,
+                        unique=handles.unique,
+                        fingerprint=fingerprint(spec),
+                        created=handles.created,
+                    )
+                )
+                mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
+        except BaseException as exc:
+            self._tx = None
+            for handles in all_handles:
+                handles.close()
+            leftovers = self._rollback(undo, rootset, store, plog)
+            store.journal_close(remove=not leftovers)
+            step_text = current.render() if current is not None else "?"
+            cause = str(exc) if isinstance(exc, MountplanError | OSError) else repr(exc)
+            message = (
+                f"apply {plan.name!r} failed at step {current.id if current else '?'} ({step_text}): {cause}. "
+                + ("Everything it had done was undone." if not leftovers else "Rollback was incomplete.")
+            )
+            plog.error("apply.failed", step=current.id if current else None, error=cause, leftovers=leftovers)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise ExecutionError(message, step=current.id if current else "", leftovers=leftovers) from exc
+        self._tx = None
+        state.mounts.extend(made)
+        store.save(state)
+        store.journal_close(remove=True)
+        plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), unchanged=len(unchanged))
+        created = tuple(n for n in todo if n not in replaced)
+        return ApplyResult(plan.name, created, tuple(unchanged), tuple(replaced), store.state_path)
+
+    def _run_step(
+        self,
+        step: Step,
+        spec: MountSpec,
+        root: RootHandle,
+        h: _Handles,
+        store: StateStore,
+        undo: list[_Undo],
+        mlog: Any,
+    ) -> None:
+        k = self.backend
+        kind = step.kind
+        mlog.debug("step", step=step.id, kind=kind.value)
+        if kind is StepKind.FSOPEN:
+            assert spec.fs_type is not None
+            h.fs = k.fsopen(spec.fs_type)
+        elif kind is StepKind.FSCONFIG:
+            assert h.fs is not None
+            option = dict(step.args)["option"]
+            key, sep, value = option.partition("=")
+            self._fsconfig(spec, root, h, key, value if sep else None)
+        elif kind is StepKind.CREATE:
+            assert h.fs is not None
+            k.fsconfig_create(h.fs.fileno())
+        elif kind is StepKind.FSMOUNT:
+            assert h.fs is not None
+            h.mnt = k.fsmount(h.fs.fileno(), spec.kernel_attrs)
+            h.fs.close()
+        elif kind is StepKind.OPEN_TREE:
+            self._open_tree(spec, root, h)
+        elif kind is StepKind.SET_ATTR:
+            assert h.mnt is not None and spec.bind is not None
+            attr_set = spec.kernel_attrs
+            attr_clr = MountAttr(0)
+            if Attr.RELATIME in spec.attrs:
+                attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
+            if attr_set or attr_clr:
+                flags = AtFlag.EMPTY_PATH | (AtFlag.RECURSIVE if spec.bind.recursive else AtFlag(0))
+                k.mount_setattr(h.mnt.fileno(), "", flags, attr_set, attr_clr)
+        elif kind is StepKind.ENSURE_MOUNTPOINT:
+            self._ensure_mountpoint(spec, root, h)
+        elif kind is StepKind.RESOLVE_TARGET:
+            h.target = resolve(k, root, spec.target, O_PATH_ANY)
+        elif kind is StepKind.MOVE_MOUNT:
+            assert h.mnt is not None and h.target is not None
+            ids = k.statx_mount_ids(h.mnt.fileno())
+            h.mnt_id, h.unique = ids.mnt_id, ids.unique
+            # Journal first: if we are killed right after move_mount, recovery
+            # finds this unique id at the target and knows the mount is ours.
+            seq = store.journal_write(
+                {"op": "mount", "mount": spec.name, "root": spec.root, "path": spec.target, "mnt_id": ids.mnt_id}
+            )
+            undo.append(_Undo(seq, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, mount=spec.name))
+            k.move_mount(
+                h.mnt.fileno(),
+                "",
+                h.target.fileno(),
+                "",
+                MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH,
+                shown_target=f"{spec.root}:{spec.target}",
+            )
+            h.target.close()
+        elif kind is StepKind.SET_PROPAGATION:
+            assert h.mnt is not None
+            recursive = spec.bind is not None and spec.bind.recursive
+            flags = AtFlag.EMPTY_PATH | (AtFlag.RECURSIVE if recursive else AtFlag(0))
+            k.mount_setattr(h.mnt.fileno(), "", flags, propagation=spec.propagation.kernel_value)
+            h.mnt.close()
+        else:  # pragma: no cover - destroy steps never reach apply
+            raise AssertionError(f"unexpected step {kind}")
+
+    def _fsconfig(self, spec: MountSpec, root: RootHandle, h: _Handles, key: str, value: str | None) -> None:
+        k = self.backend
+        assert h.fs is not None
+        fs = h.fs.fileno()
+        if value is None:
+            k.fsconfig_set_flag(fs, key)
+        elif spec.fs_type == "overlay" and key in OVERLAY_PATH_KEYS - {"lowerdir"} and not value.startswith("/"):
+            # A layer inside the root is pinned with openat2 like any target and
+            # handed over as an fd: no path string is ever re-walked.
+            if key in {"upperdir", "workdir"}:
+                self._make_path(spec, root, value, h, want_file=False, mode=0o755)
+            layer = k.openat2(
+                root.fileno(), value, OpenFlag.RDONLY | OpenFlag.DIRECTORY | OpenFlag.CLOEXEC, BENEATH,
+                shown=f"{root.name}:{value}",
+            )
+            h.extra.append(layer)
+            k.fsconfig_set_fd(fs, key, layer.fileno())
+        else:
+            k.fsconfig_set_string(fs, key, value)
+
+    def _open_tree(self, spec: MountSpec, root: RootHandle, h: _Handles) -> None:
+        k = self.backend
+        assert spec.bind is not None
+        flags = OpenTreeFlag.CLONE | OpenTreeFlag.CLOEXEC
+        if spec.bind.recursive:
+            flags |= OpenTreeFlag.RECURSIVE
+        ref = spec.bind.source
+        if ref.root is None:
+            h.mnt = k.open_tree(AT_FDCWD, ref.path, flags)
+        else:
+            src_root = root if ref.root == root.name else None
+            if src_root is None:
+                raise RootError(f"mount {spec.name!r}: bind source root {ref.root!r} is not open")
+            src = resolve(k, src_root, ref.path, O_PATH_ANY)
+            try:
+                h.mnt = k.open_tree(src.fileno(), "", flags | OpenTreeFlag.EMPTY_PATH)
+            finally:
+                src.close()
+        assert h.mnt is not None
+        h.source_is_file = not stat.S_ISDIR(os.fstat(h.mnt.fileno()).st_mode)
+
+    def _ensure_mountpoint(self, spec: MountSpec, root: RootHandle, h: _Handles) -> None:
+        want_file = spec.mountpoint.kind is MountpointKind.FILE or (
+            spec.mountpoint.kind is None and spec.kind is MountKind.BIND and h.source_is_file
+        )
+        self._make_path(spec, root, spec.target, h, want_file=want_file, mode=spec.mountpoint.mode, create=spec.mountpoint.create)
+
+    def _make_path(
+        self,
+        spec: MountSpec,
+        root: RootHandle,
+        path: str,
+        h: _Handles,
+        *,
+        want_file: bool,
+        mode: int,
+        create: bool = True,
+    ) -> None:
+        """Create missing components of ``path`` beneath ``root``, journaling each one."""
+        k = self.backend
+        try:
+            resolve(k, root, path, O_PATH_ANY).close()
+            return
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT or not create:
+                raise
+        assert self._tx is not None
+        store, undo = self._tx
+        parts = path.split("/")
+        cur = resolve(k, root, "", O_PATH_DIR)
+        try:
+            for i, part in enumerate(parts):
+                sub = "/".join(parts[: i + 1])
+                last = i == len(parts) - 1
+                flags = O_PATH_ANY if last else O_PATH_DIR
+                try:
+                    nxt = k.openat2(cur.fileno(), part, flags, BENEATH, shown=f"{root.name}:{sub}")
+                except KernelError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+                    op = "mkfile" if last and want_file else "mkdir"
+                    seq = store.journal_write({"op": op, "mount": spec.name, "root": root.name, "path": sub})
+                    if op == "mkdir":
+                        k.mkdirat(cur.fileno(), part, mode if last else 0o755, shown=f"{root.name}:{sub}")
+                    else:
+                        self._mkfile(cur, part, f"{root.name}:{sub}")
+                    st = os.stat(part, dir_fd=cur.fileno(), follow_symlinks=False)
+                    undo.append(_Undo(seq, op, root.name, sub, dev=st.st_dev, ino=st.st_ino, mount=spec.name))
+                    store.journal_write({"op": "created", "ref": seq, "dev": st.st_dev, "ino": st.st_ino})
+                    h.created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino})
+                    nxt = k.openat2(cur.fileno(), part, flags, BENEATH, shown=f"{root.name}:{sub}")
+                cur.close()
+                cur = nxt
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _mkfile(parent: Fd, name: str, shown: str) -> None:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent.fileno())
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_CREAT|O_EXCL") from None
+        os.close(fd)
+
+    # ================================================================== undo
+
+    def _undo_one(self, item: _Undo, root: RootHandle) -> None:
+        k = self.backend
+        if item.op == "mount":
+            if not self.mount_is_ours(root, item.path, item.mnt_id):
+                return  # never attached (or already gone): nothing of ours is there
+            parent, name = resolve_parent(k, root, item.path)
+            try:
+                self._umount(parent, name, item.mnt_id, f"{root.name}:{item.path}", recursive_ok=True)
+            finally:
+                parent.close()
+            return
+        try:
+            parent, name = resolve_parent(k, root, item.path)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        try:
+            try:
+                st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if item.ino and (st.st_dev, st.st_ino) != (item.dev, item.ino):
+                raise ExecutionError(f"{root.name}:{item.path} is not the {item.op} mountplan made; left alone")
+            if item.op == "mkdir":
+                os.rmdir(name, dir_fd=parent.fileno())
+            else:
+                os.unlink(name, dir_fd=parent.fileno())
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, "rmdir" if item.op == "mkdir" else "unlink", paths=[f"{root.name}:{item.path}"]) from None
+        finally:
+            parent.close()
+
+    def _umount(self, parent: Fd, name: str, mnt_id: int, shown: str, *, recursive_ok: bool) -> None:
+        try:
+            self.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW, shown=shown)
+        except KernelError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            holders = find_holders(mnt_id)
+            if self.lazy or (recursive_ok and not holders):
+                # No process holds it: what keeps it busy is the subtree a
+                # recursive bind cloned along with it, which goes with a detach.
+                self.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW | UmountFlag.DETACH, shown=shown)
+                return
+            raise BusyError(
+                f"cannot unmount {shown}: {exc}"
+                + (f"; held by {'; '.join(holders)}" if holders else "")
+                + "; stop them or use --lazy to detach",
+                holders=holders,
+            ) from exc
+
+    def _rollback(self, undo: list[_Undo], rootset: RootSet, store: StateStore, plog: Any) -> list[str]:
+        leftovers: list[str] = []
+        for item in reversed(undo):
+            try:
+                self._undo_one(item, rootset[item.root])
+                store.journal_write({"op": "undone", "ref": item.seq})
+            except Exception as exc:  # carry on: report every leftover, not just the first
+                leftovers.append(f"{item.describe()}: {exc}")
+                plog.warning("rollback.failed", item=item.describe(), error=str(exc))
+        return leftovers
+
+    def _recover_store(self, store: StateStore, *, raise_on_leftovers: bool = True) -> tuple[list[str], list[str]]:
+        """Undo a journal an interrupted run left behind."""
+        entries = store.journal_read()
+        if not entries:
+            store.journal_close(remove=True)
+            return [], []
+        plog = log.bind(state=store.key)
+        header = next((e for e in entries if e.get("op") == "begin"), None)
+        roots: dict[str, RootHandle] = {}
+        for name, ident in (header or {}).get("roots", {}).items():
+            handle = reopen_root(name, RootIdentity(str(ident["path"]), int(ident["dev"]), int(ident["ino"])))
+            if handle is not None:
+                roots[name] = handle
+        items: dict[int, _Undo] = {}
+        for e in entries:
+            op = e.get("op")
+            if op in {"mount", "mkdir", "mkfile"}:
+                items[int(e["seq"])] = _Undo(
+                    int(e["seq"]), str(op), str(e["root"]), str(e["path"]),
+                    mnt_id=int(e.get("mnt_id", 0)), mount=str(e.get("mount", "")),
+                )
+            elif op == "created" and int(e["ref"]) in items:
+                items[int(e["ref"])].dev, items[int(e["ref"])].ino = int(e["dev"]), int(e["ino"])
+            elif op == "undone":
+                items.pop(int(e["ref"]), None)
+        undone: list[str] = []
+        leftovers: list[str] = []
+        store.journal_open({"recover": True, "roots": (header or {}).get("roots", {})})
+        try:
+            for item in sorted(items.values(), key=lambda i: i.seq, reverse=True):
+                root = roots.get(item.root)
+                if root is None:
+                    leftovers.append(f"{item.describe()}: root {item.root!r} is gone or changed")
+                    continue
+                try:
+                    self._undo_one(item, root)
+                    undone.append(item.describe())
+                    plog.info("recover.undone", item=item.describe())
+                except Exception as exc:
+                    leftovers.append(f"{item.describe()}: {exc}")
+        finally:
+            for handle in roots.values():
+                handle.close()
+            store.journal_close(remove=False)
+        if leftovers:
+            # Keep only the items still to undo, so the next recover retries them.
+            self._rewrite_journal(store, header, [i for i in items.values() if any(i.describe() in l for l in leftovers)])
+            if raise_on_leftovers:
+                raise ExecutionError(
+                    "an earlier run was interrupted and its changes could not all be undone", leftovers=leftovers
+                )
+        else:
+            store.journal_close(remove=True)
+        return undone, leftovers
+
+    @staticmethod
+    def _rewrite_journal(store: StateStore, header: dict[str, Any] | None, items: list[_Undo]) -> None:
+        import contextlib
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(store.journal_path)
+        store.journal_open({k: v for k, v in (header or {}).items() if k not in {"op", "seq"}})
+        for item in sorted(items, key=lambda i: i.seq):
+            seq = store.journal_write(
+                {"op": item.op, "mount": item.mount, "root": item.root, "path": item.path, "mnt_id": item.mnt_id}
+            )
+            if item.ino:
+                store.journal_write({"op": "created", "ref": seq, "dev": item.dev, "ino": item.ino})
+        store.journal_close(remove=False)
+
+    # ================================================================== destroy
+
+    def _unmount_managed(self, managed: ManagedMount, root: RootHandle, plog: Any) -> bool:
+        """Unmount a managed mount if it is still ours; False when it was already gone."""
+        if not self.mount_is_ours(root, managed.target, managed.mnt_id):
+            plog.warning("destroy.gone", mount=managed.name, target=managed.target)
+            return False
+        parent, name = resolve_parent(self.backend, root, managed.target)
+        try:
+            self._umount(parent, name, managed.mnt_id, f"{root.name}:{managed.target}", recursive_ok=True)
+        finally:
+            parent.close()
+        plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")
+        return True
+
+    def _remove_created(self, managed: ManagedMount, root: RootHandle) -> None:
+        for index, item in reversed(list(enumerate(managed.created))):
+            undo = _Undo(index, str(item["op"]), managed.root, str(item["path"]), dev=int(item["dev"]), ino=int(item["ino"]), mount=managed.name)
+            try:
+                self._undo_one(undo, root)
+            except KernelError as exc:
+                if exc.errno == errno.ENOTEMPTY:
+                    # Someone put files in it since; keeping their data beats tidiness.
+                    log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason="not empty")
+                    continue
+                raise
+
+    def _destroy_locked(self, plan_name: str, state: State, rootset: RootSet, store: StateStore) -> DestroyResult:
+        plog = log.bind(plan=plan_name)
+        removed: list[str] = []
+        gone: list[str] = []
+        try:
+            for managed in list(reversed(state.mounts)):
+                root = rootset.get(managed.root)
+                if root is None:
+                    raise RootError(f"root {managed.root!r} is needed to destroy mount {managed.name!r}")
+                if self._unmount_managed(managed, root, plog):
+                    removed.append(managed.name)
+                else:
+                    gone.append(managed.name)
+                self._remove_created(managed, root)
+                state.mounts.remove(managed)
+        except MountplanError as exc:
+            store.save(state)
+            if isinstance(exc, BusyError):
+                raise BusyError(
+                    f"destroy {plan_name!r} stopped: {exc}", step=f"{managed.name}#00:unmount",
+                    holders=exc.holders, leftovers=[m.name for m in state.mounts],
+                ) from exc
+            raise
+        except OSError as exc:
+            store.save(state)
+            raise ExecutionError(f"destroy {plan_name!r} stopped at {managed.name!r}: {exc}") from exc
+        store.save(state)
+        return DestroyResult(plan_name, tuple(removed), tuple(gone))
+
+
+def iter_managed(state: State) -> Iterator[ManagedMount]:
+    yield from state.mounts
