@@ -1,0 +1,92 @@
+"""The public Python API: load, plan, apply, destroy, diff, applied.
+
+Roots map a root name to a directory path or to an already-open directory fd
+owned by the caller (mountplan never closes it). Everything raises subclasses of
+:class:`mountplan.errors.MountplanError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
+from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
+from mountplan.model import Plan
+
+__all__ = ["applied", "apply", "compile", "destroy", "load", "recover"]
+
+PlanLike = Plan | str | os.PathLike[str]
+Roots = Mapping[str, str | int]
+
+
+def load(path: str | os.PathLike[str], *, strict_kernel: bool = True) -> Plan:
+    """Load and validate a plan file; raise PlanError carrying every diagnostic."""
+    from mountplan import loader
+
+    return loader.load(path, strict_kernel=strict_kernel)
+
+
+def _plan(plan: PlanLike) -> Plan:
+    return plan if isinstance(plan, Plan) else load(plan)
+
+
+def compile(plan: PlanLike, *, destroy: bool = False) -> CompiledPlan:  # noqa: A001 - mirrors the verb
+    """The ordered step graph for applying (or destroying) a plan."""
+    p = _plan(plan)
+    return compile_destroy(p) if destroy else compile_apply(p)
+
+
+def apply(
+    plan: PlanLike,
+    roots: Roots | None = None,
+    *,
+    state_dir: str | None = None,
+    lock_timeout: float = 30.0,
+    engine: Engine | None = None,
+) -> ApplyResult:
+    """Make the plan's mounts; all or nothing. A second apply changes nothing."""
+    eng = engine or Engine(state_dir=state_dir, lock_timeout=lock_timeout)
+    return eng.apply(_plan(plan), roots)
+
+
+def destroy(
+    plan: PlanLike,
+    roots: Roots | None = None,
+    *,
+    state_dir: str | None = None,
+    lock_timeout: float = 30.0,
+    lazy: bool = False,
+    engine: Engine | None = None,
+) -> DestroyResult:
+    """Unmount what ``apply`` made (innermost first) and remove the mountpoints it created."""
+    eng = engine or Engine(state_dir=state_dir, lock_timeout=lock_timeout, lazy=lazy)
+    return eng.destroy(_plan(plan), roots)
+
+
+def recover(*, state_dir: str | None = None, lock_timeout: float = 30.0) -> RecoverResult:
+    """Undo whatever interrupted runs left in their journals."""
+    return Engine(state_dir=state_dir, lock_timeout=lock_timeout).recover()
+
+
+@contextlib.contextmanager
+def applied(plan: PlanLike, roots: Roots | None = None, **options: Any) -> Iterator[ApplyResult]:
+    """Apply on entry, destroy on exit, even when the body raises.
+
+    >>> with mountplan.applied("plans/build-action.yaml", roots={"input": fd}):
+    ...     run_action()
+    """
+    p = _plan(plan)
+    lazy = bool(options.pop("lazy", False))
+    engine = Engine(
+        state_dir=options.pop("state_dir", None), lock_timeout=options.pop("lock_timeout", 30.0), lazy=lazy
+    )
+    if options:
+        raise TypeError(f"unknown options: {', '.join(sorted(options))}")
+    result = engine.apply(p, roots)
+    try:
+        yield result
+    finally:
+        engine.destroy(p, roots)

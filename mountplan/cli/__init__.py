@@ -1,0 +1,249 @@
+"""The ``mountplan`` command line: parse arguments, call the API, render, map exit codes.
+
+Exit codes (stable, documented in docs/cli.md):
+
+  0  success (``plan --detailed-exitcode``: no changes)
+  1  unexpected internal error
+  2  invalid plan or command-line usage
+  3  a root is missing or unusable
+  4  a step failed (kernel error); rollback result is in the message
+  5  the kernel lacks a required syscall
+  6  the state lock is held by another mountplan
+  7  the state file is unreadable
+  8  a saved plan is stale (the live table changed)
+  10 ``plan --detailed-exitcode``: changes are pending
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mountplan.errors import MountplanError, PlanError, RootError
+
+from . import logs
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_CHANGES = 10
+
+
+def _parse_root(text: str) -> tuple[str, str | int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR or NAME=fd:N, got {text!r}")
+    if value.startswith("fd:"):
+        try:
+            return name, int(value[3:])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad fd number in {text!r}") from None
+    return name, value
+
+
+def _roots(args: argparse.Namespace) -> dict[str, str | int]:
+    roots: dict[str, str | int] = {}
+    for name, value in args.root or []:
+        if name in roots:
+            raise RootError(f"--root {name} given twice")
+        roots[name] = value
+    return roots
+
+
+def _load(path: str, *, strict_kernel: bool = True) -> Any:
+    from mountplan import api
+
+    return api.load(path, strict_kernel=strict_kernel)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from mountplan.engine import Engine
+
+    return Engine(state_dir=args.state_dir, lock_timeout=args.lock_timeout, lazy=getattr(args, "lazy", False))
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    elif text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mountplan import loader
+
+    results: list[dict[str, Any]] = []
+    failed = False
+    for path in args.plans:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            diags = [loader.Diagnostic(path, 1, 1, loader.Severity.ERROR, f"cannot read plan: {exc.strerror}")]
+        else:
+            _, diags = loader.check(data, filename=path, strict_kernel=False)
+        errors = [d for d in diags if d.severity is loader.Severity.ERROR]
+        failed = failed or bool(errors)
+        results.append({"file": path, "valid": not errors, "diagnostics": [d.to_json() for d in diags]})
+        if not args.json:
+            for d in diags:
+                sys.stderr.write(f"{d}\n")
+            if not errors and not args.quiet:
+                sys.stdout.write(f"{path}: valid\n")
+    if args.json:
+        sys.stdout.write(json.dumps({"format": 1, "results": results}, indent=2, sort_keys=True) + "\n")
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    plan = _load(args.plan)
+    result = _engine(args).apply(plan, _roots(args))
+    data = {
+        "plan": result.plan,
+        "created": list(result.created),
+        "replaced": list(result.replaced),
+        "unchanged": list(result.unchanged),
+        "state_file": result.state_file,
+    }
+    text = (
+        f"Apply complete: {len(result.created)} created, {len(result.replaced)} replaced, "
+        f"{len(result.unchanged)} unchanged."
+    )
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    plan = _load(args.plan, strict_kernel=False)
+    result = _engine(args).destroy(plan, _roots(args))
+    data = {"plan": result.plan, "removed": list(result.removed), "already_gone": list(result.already_gone)}
+    text = f"Destroy complete: {len(result.removed)} unmounted" + (
+        f", {len(result.already_gone)} were already gone." if result.already_gone else "."
+    )
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    result = _engine(args).recover()
+    data = {"undone": list(result.undone), "leftovers": list(result.leftovers)}
+    lines = [f"undone: {item}" for item in result.undone] + [f"LEFT: {item}" for item in result.leftovers]
+    lines.append(f"Recover complete: {len(result.undone)} undone, {len(result.leftovers)} left.")
+    _emit(args, data, "\n".join(lines))
+    return 4 if result.leftovers else EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from mountplan.compiler import compile_apply, compile_destroy, render_dot, render_mermaid
+
+    plan = _load(args.plan, strict_kernel=False)
+    compiled = compile_destroy(plan) if args.destroy else compile_apply(plan)
+    if args.format == "mermaid":
+        sys.stdout.write(render_mermaid(compiled))
+    else:
+        sys.stdout.write(render_dot(compiled, steps=args.steps))
+    return EXIT_OK
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    from mountplan.compiler import compile_apply, compile_destroy
+
+    plan = _load(args.plan, strict_kernel=False)
+    compiled = compile_destroy(plan) if args.destroy else compile_apply(plan)
+    if args.json:
+        _emit(args, {"format": 1, "plan": plan.name, "steps": compiled.to_json()}, "")
+    else:
+        sys.stdout.write("\n".join(compiled.transcript()) + "\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mountplan",
+        description="Declarative mount plans for Linux, applied transactionally with the new mount API.",
+    )
+    parser.add_argument("--version", action="version", version="mountplan 0.1.0")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: every step)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    common.add_argument(
+        "--log-format", choices=["auto", "console", "json", "logfmt"], default="auto", help="log rendering on stderr"
+    )
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument(
+        "--root", action="append", type=_parse_root, metavar="NAME=DIR|NAME=fd:N",
+        help="directory (or inherited directory fd) for a named root",
+    )
+    run.add_argument("--state-dir", help="state and journal directory (default /run/mountplan or $XDG_RUNTIME_DIR/mountplan)")
+    run.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
+    run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", parents=[common], help="check plan files, report every problem")
+    p.add_argument("plans", nargs="+", metavar="PLAN")
+    p.add_argument("--json", action="store_true", help="diagnostics as JSON on stdout")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("apply", parents=[common, run], help="make the plan's mounts (all or nothing)")
+    p.add_argument("plan", metavar="PLAN")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("destroy", parents=[common, run], help="unmount what apply made, remove created mountpoints")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--lazy", action="store_true", help="detach busy mounts (MNT_DETACH) instead of failing")
+    p.set_defaults(func=cmd_destroy)
+
+    p = sub.add_parser("recover", parents=[common, run], help="undo what interrupted runs left behind")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("graph", parents=[common], help="render the mount ordering graph")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--format", choices=["dot", "mermaid"], default="dot")
+    p.add_argument("--steps", action="store_true", help="dot only: every syscall step")
+    p.add_argument("--destroy", action="store_true", help="the destroy graph")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("steps", parents=[common], help="the ordered syscall transcript (touches nothing)")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--destroy", action="store_true", help="the destroy transcript")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_steps)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbosity = -1 if args.quiet else args.verbose
+    logs.configure(verbosity, args.log_format)
+    try:
+        code: int = args.func(args)
+        return code
+    except PlanError as exc:
+        for diag in exc.diagnostics:
+            sys.stderr.write(f"{diag}\n")
+        return exc.exit_code
+    except MountplanError as exc:
+        sys.stderr.write(f"mountplan: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("mountplan: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
