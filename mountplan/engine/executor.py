@@ -644,8 +644,11 @@ class Engine:
             undo = _Undo(index, str(item["op"]), managed.root, str(item["path"]), dev=int(item["dev"]), ino=int(item["ino"]), mount=managed.name)
             try:
                 self._undo_one(undo, root)
+            except ExecutionError as exc:
+                # Something else (a foreign mount, a replaced directory) is there now.
+                log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason=str(exc))
             except KernelError as exc:
-                if exc.errno == errno.ENOTEMPTY:
+                if exc.errno in {errno.ENOTEMPTY, errno.EBUSY}:
                     # Someone put files in it since; keeping their data beats tidiness.
                     log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason="not empty")
                     continue
