@@ -55,6 +55,18 @@ class IdMap:
         """``gid`` as the kernel prints it; the overflow gid when unmapped."""
         return _map_id(self.gid_ranges, gid, self.overflow_gid)
 
+    def mapped_uid(self, uid: int) -> int:
+        """Like :meth:`kernel_uid` but ValueError when unmapped (tmpfs, devpts: EINVAL)."""
+        if _map_id(self.uid_ranges, uid, -1) < 0:
+            raise ValueError(f"uid {uid} is not mapped in this user namespace; the kernel refuses it")
+        return self.kernel_uid(uid)
+
+    def mapped_gid(self, gid: int) -> int:
+        """Like :meth:`kernel_gid` but ValueError when unmapped (tmpfs, devpts: EINVAL)."""
+        if _map_id(self.gid_ranges, gid, -1) < 0:
+            raise ValueError(f"gid {gid} is not mapped in this user namespace; the kernel refuses it")
+        return self.kernel_gid(gid)
+
 
 def _read_id_map(path: str) -> tuple[tuple[int, int, int], ...]:
     try:
@@ -146,10 +158,10 @@ def _tmpfs(options: Mapping[str, str | None], ids: IdMap) -> Options:
         mode = _octal_mode(options["mode"] or "")
         if mode != 0o1777:
             out["mode"] = f"{mode:03o}"
-    uid = ids.kernel_uid(int(options["uid"] or "0")) if "uid" in options else ids.kernel_uid(ids.euid)
+    uid = ids.mapped_uid(int(options["uid"] or "0")) if "uid" in options else ids.kernel_uid(ids.euid)
     if uid != 0:
         out["uid"] = str(uid)
-    gid = ids.kernel_gid(int(options["gid"] or "0")) if "gid" in options else ids.kernel_gid(ids.egid)
+    gid = ids.mapped_gid(int(options["gid"] or "0")) if "gid" in options else ids.kernel_gid(ids.egid)
     if gid != 0:
         out["gid"] = str(gid)
     if options.get("huge", "never") != "never":
@@ -194,7 +206,8 @@ _HIDEPID = {"0": None, "off": None, "1": "noaccess", "noaccess": "noaccess",
 
 
 def _proc(options: Mapping[str, str | None], ids: IdMap) -> Options:
-    # fs/proc/root.c proc_show_options(): gid, hidepid, subset.
+    # fs/proc/root.c proc_show_options(): gid, hidepid, subset. proc accepts an
+    # unmapped gid and shows the overflow gid, unlike tmpfs and devpts.
     out: Options = {}
     if "gid" in options:
         gid = ids.kernel_gid(int(options["gid"] or "0"))
@@ -215,9 +228,9 @@ def _devpts(options: Mapping[str, str | None], ids: IdMap) -> Options:
     # fs/devpts/inode.c devpts_show_options(): uid, gid, mode, ptmxmode (always), max.
     out: Options = {}
     if "uid" in options:
-        out["uid"] = str(ids.kernel_uid(int(options["uid"] or "0")))
+        out["uid"] = str(ids.mapped_uid(int(options["uid"] or "0")))
     if "gid" in options:
-        out["gid"] = str(ids.kernel_gid(int(options["gid"] or "0")))
+        out["gid"] = str(ids.mapped_gid(int(options["gid"] or "0")))
     out["mode"] = f"{_octal_mode(options.get('mode') or '600'):03o}"
     out["ptmxmode"] = f"{_octal_mode(options.get('ptmxmode') or '000'):03o}"
     if "max" in options:

@@ -1,0 +1,182 @@
+"""Option normalisation: predicted read-back forms, checked against what the kernel echoes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from _mounts import mount_tmpfs, scratch
+
+from mountplan._fsopts import IdMap, normalize_options, options_differ
+from mountplan.livetable import read_mountinfo
+
+ROOT = IdMap()  # real root: identity map, euid 0
+USERNS = IdMap(uid_ranges=((0, 65534, 1),), gid_ranges=((0, 65534, 1),))  # root in a user namespace
+HALF_RAM_K = os.sysconf("SC_PHYS_PAGES") // 2 * 4
+
+
+# (fs_type, planned options, expected read-back for real root, for root in a user namespace)
+# Read-back forms found by mounting each case (see test_kernel_echoes_the_predicted_options).
+READBACK = [
+    pytest.param("tmpfs", {"size": "64M"}, {"size": "65536k"}, {"size": "65536k", "uid": "65534", "gid": "65534"}, id="tmpfs-size-M"),
+    pytest.param("tmpfs", {"size": "1g"}, {"size": "1048576k"}, None, id="tmpfs-size-g"),
+    pytest.param("tmpfs", {"size": "100k"}, {"size": "100k"}, None, id="tmpfs-size-k"),
+    pytest.param("tmpfs", {"size": "5000"}, {"size": "8k"}, None, id="tmpfs-size-bytes-round-up-to-pages"),
+    pytest.param("tmpfs", {"size": "0"}, {"size": "0k"}, None, id="tmpfs-size-0-unlimited"),
+    pytest.param("tmpfs", {"size": "0x100000"}, {"size": "1024k"}, None, id="tmpfs-size-hex"),
+    pytest.param("tmpfs", {"size": "50%"}, {}, None, id="tmpfs-size-default-half-ram-not-echoed"),
+    pytest.param("tmpfs", {"size": "25%"}, {"size": f"{HALF_RAM_K // 2}k"}, None, id="tmpfs-size-percent"),
+    pytest.param("tmpfs", {"nr_inodes": "1k"}, {"nr_inodes": "1024"}, None, id="tmpfs-nr_inodes-k"),
+    pytest.param("tmpfs", {"nr_inodes": "2m"}, {"nr_inodes": "2097152"}, None, id="tmpfs-nr_inodes-m"),
+    pytest.param("tmpfs", {"nr_inodes": "1g"}, {"nr_inodes": "1073741824"}, None, id="tmpfs-nr_inodes-g"),
+    pytest.param("tmpfs", {"nr_inodes": "0"}, {"nr_inodes": "0"}, None, id="tmpfs-nr_inodes-0"),
+    pytest.param("tmpfs", {"mode": "1777"}, {}, None, id="tmpfs-mode-1777-is-default"),
+    pytest.param("tmpfs", {"mode": "01777"}, {}, None, id="tmpfs-mode-leading-zero"),
+    pytest.param("tmpfs", {"mode": "0755"}, {"mode": "755"}, None, id="tmpfs-mode-0755"),
+    pytest.param("tmpfs", {"mode": "0"}, {"mode": "000"}, None, id="tmpfs-mode-three-digits"),
+    pytest.param("tmpfs", {"uid": "0", "gid": "0"}, {}, {"uid": "65534", "gid": "65534"}, id="tmpfs-uid-0"),
+    pytest.param("tmpfs", {"uid": "1000", "gid": "7"}, {"uid": "1000", "gid": "7"}, "unmapped", id="tmpfs-uid-gid"),
+    pytest.param("tmpfs", {"huge": "never"}, {}, None, id="tmpfs-huge-never-default"),
+    pytest.param("tmpfs", {"huge": "within_size"}, {"huge": "within_size"}, None, id="tmpfs-huge"),
+    pytest.param("tmpfs", {"inode64": None}, {"inode64": None}, None, id="tmpfs-inode64"),
+    pytest.param("tmpfs", {"mpol": "default"}, {}, None, id="tmpfs-mpol-default"),
+    pytest.param("tmpfs", {"mpol": "local"}, {"mpol": "local"}, None, id="tmpfs-mpol-local"),
+    pytest.param("tmpfs", {"source": "x", "ro": None}, {}, None, id="tmpfs-source-and-ro-not-echoed"),
+    pytest.param("tmpfs", {"lazytime": None, "size": "1M"}, {"lazytime": None, "size": "1024k"}, None, id="tmpfs-sb-flag-first"),
+    pytest.param(
+        "tmpfs",
+        {"gid": "2", "uid": "1", "mode": "755", "nr_inodes": "1k", "size": "64M"},
+        {"size": "65536k", "nr_inodes": "1024", "mode": "755", "uid": "1", "gid": "2"},
+        "unmapped",
+        id="tmpfs-kernel-order",
+    ),
+    pytest.param("ramfs", {"mode": "1777"}, {"mode": "1777"}, None, id="ramfs-mode"),
+    pytest.param("ramfs", {"mode": "0755"}, {}, None, id="ramfs-mode-default"),
+    pytest.param("proc", {"hidepid": "2"}, {"hidepid": "invisible"}, None, id="proc-hidepid-2"),
+    pytest.param("proc", {"hidepid": "invisible"}, {"hidepid": "invisible"}, None, id="proc-hidepid-invisible"),
+    pytest.param("proc", {"hidepid": "1"}, {"hidepid": "noaccess"}, None, id="proc-hidepid-1"),
+    pytest.param("proc", {"hidepid": "4"}, {"hidepid": "ptraceable"}, None, id="proc-hidepid-4"),
+    pytest.param("proc", {"hidepid": "off"}, {}, None, id="proc-hidepid-off"),
+    pytest.param("proc", {"hidepid": "0"}, {}, None, id="proc-hidepid-0"),
+    pytest.param("proc", {"subset": "pid"}, {"subset": "pid"}, None, id="proc-subset"),
+    pytest.param("proc", {"gid": "0"}, {}, {"gid": "65534"}, id="proc-gid-0"),
+    pytest.param("proc", {"gid": "5"}, {"gid": "5"}, {"gid": "65534"}, id="proc-gid-unmapped-is-overflow"),
+    pytest.param(
+        "proc",
+        {"subset": "pid", "hidepid": "invisible", "gid": "0"},
+        {"hidepid": "invisible", "subset": "pid"},
+        {"gid": "65534", "hidepid": "invisible", "subset": "pid"},
+        id="proc-kernel-order",
+    ),
+    pytest.param("devpts", {}, {"mode": "600", "ptmxmode": "000"}, None, id="devpts-defaults-always-echoed"),
+    pytest.param("devpts", {"mode": "0620", "newinstance": None}, {"mode": "620", "ptmxmode": "000"}, None, id="devpts-mode"),
+    pytest.param("devpts", {"max": "100"}, {"mode": "600", "ptmxmode": "000", "max": "100"}, None, id="devpts-max"),
+    pytest.param(
+        "devpts", {"uid": "0"}, {"uid": "0", "mode": "600", "ptmxmode": "000"},
+        {"uid": "65534", "mode": "600", "ptmxmode": "000"}, id="devpts-uid",
+    ),
+    pytest.param("mqueue", {}, {}, None, id="mqueue-silent"),
+    pytest.param("cgroup2", {"nsdelegate": None}, {"nsdelegate": None}, None, id="cgroup2-flag"),
+]
+
+
+@pytest.mark.parametrize(("fs_type", "options", "as_root", "in_userns"), READBACK)
+def test_normalize_options_predicts_the_read_back_form(
+    fs_type: str,
+    options: dict[str, str | None],
+    as_root: dict[str, str | None],
+    in_userns: dict[str, str | None] | str | None,
+) -> None:
+    """normalize_options gives the kernel's spelling, order and defaults, per user namespace;
+    an id the namespace does not map is a ValueError for tmpfs (the kernel says EINVAL)."""
+    assert normalize_options(fs_type, options, ids=ROOT) == as_root
+    assert list(normalize_options(fs_type, options, ids=ROOT)) == list(as_root)
+    if in_userns == "unmapped":
+        with pytest.raises(ValueError, match="not mapped"):
+            normalize_options(fs_type, options, ids=USERNS)
+        return
+    if in_userns is None:
+        in_userns = dict(as_root)
+        if fs_type == "tmpfs":
+            in_userns.setdefault("uid", "65534")
+            in_userns.setdefault("gid", "65534")
+            in_userns = {k: in_userns[k] for k in _TMPFS_ORDER if k in in_userns} | {
+                k: v for k, v in in_userns.items() if k not in _TMPFS_ORDER
+            }
+    assert normalize_options(fs_type, options, ids=USERNS) == in_userns
+
+
+_TMPFS_ORDER = ["lazytime", "size", "nr_inodes", "mode", "uid", "gid"]
+
+
+@pytest.mark.parametrize(
+    ("fs_type", "planned", "live", "expected"),
+    [
+        pytest.param("tmpfs", {"size": "64M"}, ["size=65536k"], [], id="same-size-other-spelling"),
+        pytest.param(
+            "tmpfs", {"size": "64M"}, ["size=131072k"], [("size", "size=65536k", "size=131072k")], id="size-drift"
+        ),
+        pytest.param("tmpfs", {}, ["size=1024k"], [("size", None, "size=1024k")], id="unplanned-live-option"),
+        pytest.param("tmpfs", {"noswap": None}, [], [("noswap", "noswap", None)], id="planned-flag-missing"),
+        pytest.param("tmpfs", {"source": "a", "mode": "1777"}, [], [], id="unechoed-options-ignored"),
+        pytest.param("proc", {"hidepid": "2"}, ["hidepid=invisible"], [], id="proc-hidepid-numeric"),
+        pytest.param("ext4", {"errors": "remount-ro"}, ["errors=remount-ro", "data=ordered"], [], id="unknown-fs-extra-live-ignored"),
+        pytest.param(
+            "ext4", {"data": "journal"}, ["data=ordered"], [("data", "data=journal", "data=ordered")], id="unknown-fs-planned-key"
+        ),
+        pytest.param("ext4", {}, ["lazytime"], [("lazytime", None, "lazytime")], id="unknown-fs-sb-flag-still-checked"),
+    ],
+)
+def test_options_differ_reports_only_real_differences(
+    fs_type: str,
+    planned: dict[str, str | None],
+    live: list[str],
+    expected: list[tuple[str, str | None, str | None]],
+) -> None:
+    """Differences are (key, planned, live) in kernel spelling, None for absent, sorted by key."""
+    assert options_differ(fs_type, planned, live, ids=ROOT) == expected
+
+
+def test_idmap_maps_ranges_and_overflows_unmapped_ids() -> None:
+    """An id inside a uid_map range is shifted; one outside every range becomes the overflow id."""
+    ids = IdMap(uid_ranges=((0, 100000, 65536),), overflow_uid=65534)
+    assert ids.kernel_uid(0) == 100000
+    assert ids.kernel_uid(1000) == 101000
+    assert ids.kernel_uid(70000) == 65534
+
+
+def test_bad_tmpfs_size_is_a_value_error() -> None:
+    """A size the kernel would reject (``1.5M``) is rejected here too."""
+    with pytest.raises(ValueError):
+        normalize_options("tmpfs", {"size": "1.5M"}, ids=ROOT)
+
+
+@pytest.mark.mountns
+def test_kernel_echoes_the_predicted_options() -> None:
+    """Mount every table case for real; the live super options equal the prediction.
+
+    Cases normalize_options refuses for this namespace (an unmapped uid, which the
+    kernel refuses with EINVAL too) are skipped; every other case must mount.
+    """
+    base = scratch()
+    ids = IdMap.current()
+    checked: list[str] = []
+    failures: list[str] = []
+    for index, case in enumerate(READBACK):
+        fs_type, options, _, _ = case.values
+        assert isinstance(fs_type, str) and isinstance(options, dict)
+        name = f"c{index}"
+        os.mkdir(name, dir_fd=base)
+        try:
+            predicted = normalize_options(fs_type, options, ids=ids)
+        except ValueError:
+            continue  # e.g. uid=1000 in a one-id user namespace: the kernel says EINVAL too
+        mount_tmpfs(base, name, options, fs_type=fs_type)
+        (live,) = [m for m in read_mountinfo() if m.mount_point == f"/tmp/livetable/{name}"]
+        diff = options_differ(fs_type, options, live.super_options, ids=ids)
+        if diff or list(predicted) != [o.partition("=")[0] for o in live.super_options]:
+            failures.append(f"{case.id}: predicted {predicted}, kernel {live.super_options}, diff {diff}")
+        checked.append(str(case.id))
+    os.close(base)
+    assert not failures, "\n".join(failures)
+    assert len(checked) >= len(READBACK) - 3, f"only {len(checked)} cases mountable"
