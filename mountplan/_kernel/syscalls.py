@@ -76,6 +76,10 @@ _HINTS: dict[tuple[str, int], str] = {
         "not allowed in this user namespace: proc needs a new pid namespace, sysfs a new "
         "net namespace, mqueue an ipc namespace"
     ),
+    ("mount_setattr", errno.EPERM): (
+        "the mount is locked: it was inherited from a more privileged namespace, so its "
+        "ro/nosuid/nodev/noexec/atime settings cannot be relaxed here"
+    ),
     ("openat2", errno.EXDEV): "the path leaves its root (RESOLVE_BENEATH refused it)",
     ("openat2", errno.ELOOP): "the path contains a symlink, which is refused inside a root",
 }

@@ -175,7 +175,12 @@ def test_every_attribute_as_the_kernel_reports_it(
     tmp_path: Path, root_dir: str, attr: Attr, flag: MountAttr, kind: str
 ) -> None:
     """Each attribute, on a new filesystem and on a bind, shows up in the live table."""
-    bind = BindSource(SourceRef(str(tmp_path)), recursive=False) if kind == "bind" else None
+    # The bind source is a mount of the sandbox's own: mounts inherited from a
+    # more privileged namespace are locked and refuse atime changes (EPERM).
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "src", str(src)], check=True)
+    bind = BindSource(SourceRef(str(src)), recursive=False) if kind == "bind" else None
     spec = MountSpec("m", "r", "m", fs_type=None if bind else "tmpfs", bind=bind, attrs=frozenset({attr}))
     _engine(tmp_path).apply(_plan(spec), {"r": root_dir})
     live = _live(f"{root_dir}/m")
