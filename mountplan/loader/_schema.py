@@ -1,0 +1,428 @@
+"""JSON Schema validation of a plan, with jsonschema's errors translated into located, friendly messages."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from mountplan.loader._yaml import Document, Path, Position
+from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
+
+__all__ = ["load_schema", "target_pattern", "validate"]
+
+_JSON_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "empty",
+}
+
+
+@functools.cache
+def _schema_text() -> str:
+    return importlib.resources.files("mountplan").joinpath("schema/mountplan.schema.json").read_text("utf-8")
+
+
+def load_schema() -> dict[str, Any]:
+    """A fresh copy of the packaged plan schema."""
+    schema: dict[str, Any] = json.loads(_schema_text())
+    return schema
+
+
+@functools.cache
+def _validators() -> tuple[Draft202012Validator, Draft202012Validator, re.Pattern[str], re.Pattern[str]]:
+    """The plan validator with mount items left open, and one for a single mount.
+
+    Mounts are checked one by one so that the common, valid ones can skip
+    jsonschema (see _is_surely_valid_mount): it costs ~150 µs a mount.
+    """
+    schema = load_schema()
+    mount = schema["$defs"]["mount"]
+    shell = load_schema()
+    shell["properties"]["mounts"]["items"] = True
+    ident = re.compile(schema["properties"]["name"]["pattern"])
+    target = re.compile(mount["properties"]["target"]["pattern"])
+    return Draft202012Validator(shell), Draft202012Validator(mount), ident, target
+
+
+def target_pattern() -> re.Pattern[str]:
+    """The schema's pattern for a target (relative, not climbing)."""
+    return _validators()[3]
+
+
+_ATTRS = frozenset(
+    {"ro", "nosuid", "nodev", "noexec", "noatime", "relatime", "strictatime", "nodiratime", "nosymfollow"}
+)
+_PROPAGATIONS = frozenset({"private", "slave", "shared", "unbindable"})
+_MOUNT_KEYS = frozenset(
+    {
+        "name", "root", "target", "type", "source", "options", "bind", "attrs",
+        "inherit_attrs", "propagation", "mountpoint", "after",
+    }
+)
+_FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_OPTION_KEY_RE = re.compile(r"^[^=,\s]+$")
+_MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
+
+
+def _is_ident(value: object, ident: re.Pattern[str]) -> bool:
+    return type(value) is str and ident.search(value) is not None
+
+
+def _is_string_list(value: object) -> bool:
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.Pattern[str]) -> bool:
+    """A fast, conservative mirror of the schema's mount definition.
+
+    True only when the schema would accept the mount; anything unusual returns
+    False and goes through jsonschema. tests/loader/test_schema.py checks the
+    implication on generated mounts.
+    """
+    if type(mount) is not dict or not mount.keys() <= _MOUNT_KEYS:
+        return False
+    target = mount.get("target")
+    if not _is_ident(mount.get("name"), ident) or type(target) is not str or not target:
+        return False
+    if target_re.search(target) is None:
+        return False
+    fs_type = mount.get("type")
+    bind = mount.get("bind")
+    if (fs_type is None) == (bind is None):
+        return False
+    if fs_type is not None:
+        if type(fs_type) is not str or _FS_TYPE_RE.search(fs_type) is None:
+            return False
+    elif "options" in mount or "source" in mount:
+        return False
+    elif not _is_surely_valid_bind(bind, ident):
+        return False
+    if "root" in mount and not _is_ident(mount["root"], ident):
+        return False
+    if "source" in mount and (type(mount["source"]) is not str or not mount["source"]):
+        return False
+    if "options" in mount and not _is_surely_valid_options(mount["options"]):
+        return False
+    attrs = mount.get("attrs", [])
+    if not _is_string_list(attrs) or not set(attrs) <= _ATTRS or len(set(attrs)) != len(attrs):
+        return False
+    if type(mount.get("inherit_attrs", True)) is not bool:
+        return False
+    if mount.get("propagation", "private") not in _PROPAGATIONS:
+        return False
+    after = mount.get("after", [])
+    if not _is_string_list(after) or len(set(after)) != len(after):
+        return False
+    return "mountpoint" not in mount or _is_surely_valid_mountpoint(mount["mountpoint"])
+
+
+def _is_surely_valid_bind(bind: object, ident: re.Pattern[str]) -> bool:
+    if type(bind) is not dict or not bind.keys() <= {"path", "root", "recursive"}:
+        return False
+    path = bind.get("path")
+    if type(path) is not str or not path:
+        return False
+    if "root" in bind and not _is_ident(bind["root"], ident):
+        return False
+    return type(bind.get("recursive", True)) is bool
+
+
+def _is_surely_valid_options(options: object) -> bool:
+    if type(options) is not dict:
+        return False
+    for key, value in options.items():
+        if _OPTION_KEY_RE.search(key) is None:
+            return False
+        if type(value) is list:
+            if not value or not all(type(item) in (str, int) for item in value):
+                return False
+        elif type(value) not in (str, int, bool):
+            return False
+    return True
+
+
+def _is_surely_valid_mountpoint(mountpoint: object) -> bool:
+    if type(mountpoint) is not dict or not mountpoint.keys() <= {"create", "kind", "mode"}:
+        return False
+    if type(mountpoint.get("create", True)) is not bool:
+        return False
+    if mountpoint.get("kind", "file") not in ("directory", "file"):
+        return False
+    mode = mountpoint.get("mode", "0755")
+    return type(mode) is str and _MODE_RE.search(mode) is not None
+
+
+def _iter_errors(data: Any) -> Iterator[ValidationError]:
+    shell, mount_validator, ident, target_re = _validators()
+    yield from shell.iter_errors(data)
+    mounts = data.get("mounts") if isinstance(data, dict) else None
+    if not isinstance(mounts, list):
+        return
+    for index, mount in enumerate(mounts):
+        if _is_surely_valid_mount(mount, ident, target_re):
+            continue
+        for error in mount_validator.iter_errors(mount):
+            error.path.extendleft([index, "mounts"])
+            yield error
+
+
+def validate(doc: Document, filename: str) -> list[Diagnostic]:
+    """Every schema violation in ``doc`` as a located diagnostic."""
+    if doc.data is None:
+        return [
+            Diagnostic(
+                filename, 1, 1, Severity.ERROR,
+                "the plan is empty; it needs 'version', 'name', 'roots' and 'mounts'",
+            )
+        ]
+    translator = _Translator(doc, filename)
+    for error in _iter_errors(doc.data):
+        translator.translate(error)
+    return translator.diagnostics
+
+
+# types-jsonschema types instance/validator_value as "Any | Unset"; by the time a handler
+# runs the keyword has fired, so both are set.
+_Error = Any
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def _field(path: Path) -> str:
+    """The last mapping key in ``path`` (the field a value belongs to)."""
+    for part in reversed(path):
+        if isinstance(part, str):
+            return part
+    return ""
+
+
+class _Translator:
+    def __init__(self, doc: Document, filename: str) -> None:
+        self.doc = doc
+        self.filename = filename
+        self.diagnostics: list[Diagnostic] = []
+
+    def at(self, pos: Position, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.filename, pos.line, pos.col, Severity.ERROR, message))
+
+    def value_at(self, path: Path) -> Any:
+        value: Any = self.doc.data
+        for part in path:
+            value = value[part]
+        return value
+
+    def mount_label(self, index: int) -> str:
+        mount = self.doc.data["mounts"][index]
+        name = mount.get("name") if isinstance(mount, dict) else None
+        return f"mount {name!r}" if isinstance(name, str) else f"mount #{index + 1}"
+
+    def describe(self, path: Path) -> str:
+        """A phrase naming the value at ``path``: "'attrs' of mount 'tmp'", "option 'size' of …"."""
+        if not path:
+            return "the plan"
+        if path[0] == "mounts" and len(path) >= 2 and isinstance(path[1], int):
+            owner = self.mount_label(path[1])
+            rest = path[2:]
+            if not rest:
+                return owner
+            if rest[0] == "options" and len(rest) >= 2:
+                return f"option {rest[1]!r} of {owner}"
+            return f"{_dotted(rest)!r} of {owner}"
+        if path[0] == "roots" and len(path) >= 2:
+            rest = path[2:]
+            owner = f"root {path[1]!r}"
+            return f"{_dotted(rest)!r} of {owner}" if rest else owner
+        return repr(_dotted(path))
+
+    def translate(self, error: ValidationError) -> None:
+        path: Path = tuple(error.absolute_path)
+        keyword = error.validator
+        handler = getattr(self, f"on_{keyword}", None)
+        if "propertyNames" in error.relative_schema_path:
+            self.on_property_name(path, error)
+        elif handler is not None:
+            handler(path, error)
+        else:
+            self.at(self.doc.value_position(path), f"{self.describe(path)}: {error.message}")
+
+    def on_property_name(self, path: Path, error: _Error) -> None:
+        key = error.instance
+        pos = self.doc.key_position((*path, key))
+        if path == ("roots",):
+            self.at(pos, f"invalid root name {key!r}: {_IDENT_RULE}")
+        elif error.validator == "minLength":
+            self.at(pos, f"empty key in {self.describe(path)}")
+        else:
+            self.at(pos, f"invalid option name {key!r} in {self.describe(path[:-1])}: no '=', ',' or spaces")
+
+    def on_additionalProperties(self, path: Path, error: _Error) -> None:
+        allowed = sorted(error.schema.get("properties", {}))
+        where = self.describe(path)
+        for key in sorted(set(error.instance) - set(allowed), key=lambda k: self.doc.key_position((*path, k)).line):
+            hint = did_you_mean(key, allowed)
+            if not hint and allowed:
+                hint = "; expected one of " + ", ".join(repr(name) for name in allowed)
+            self.at(self.doc.key_position((*path, key)), f"unknown key {key!r} in {where}{hint}")
+
+    def on_required(self, path: Path, error: _Error) -> None:
+        for key in error.validator_value:
+            if key not in error.instance:
+                self.at(self.doc.value_position(path), f"{self.describe(path)} is missing required key {key!r}")
+
+    def on_type(self, path: Path, error: _Error) -> None:
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        instance = error.instance
+        pos = self.doc.value_position(path)
+        field = _field(path)
+        if len(path) >= 4 and path[2] == "options":
+            if instance is None:
+                self.at(pos, f"{self.describe(path[:4])} has no value; write 'true' for a flag")
+            else:
+                self.at(pos, f"{self.describe(path[:4])} must be a string, number, boolean or a list of them")
+            return
+        wanted = " or ".join(_JSON_TYPE_NAMES[name] for name in names)
+        message = f"{self.describe(path)} must be {wanted}, not {_kind_of(instance)}"
+        if field == "mode" and isinstance(instance, int):
+            message += '; quote it, e.g. "0755"'
+        self.at(pos, message)
+
+    def on_enum(self, path: Path, error: _Error) -> None:
+        value = error.instance
+        choices = [str(choice) for choice in error.validator_value]
+        pos = self.doc.value_position(path)
+        field = _field(path)
+        shown = value if isinstance(value, str) else _kind_of(value)
+        if field == "attrs":
+            self.at(pos, f"unknown attribute {shown!r}{did_you_mean(str(value), choices)}")
+        elif field == "propagation":
+            hint = did_you_mean(str(value), choices) or "; expected " + ", ".join(map(repr, choices))
+            self.at(pos, f"unknown propagation {shown!r}{hint}")
+        elif field == "kind":
+            self.at(pos, f"unknown mountpoint kind {shown!r}; expected 'directory' or 'file'")
+        else:
+            self.at(pos, f"{self.describe(path)} must be one of " + ", ".join(map(repr, choices)))
+
+    def on_const(self, path: Path, error: _Error) -> None:
+        if path == ("version",):
+            self.at(
+                self.doc.value_position(path),
+                f"unsupported plan version {error.instance!r}; this mountplan reads version 1",
+            )
+        else:
+            self.at(self.doc.value_position(path), f"{self.describe(path)} must be {error.validator_value!r}")
+
+    def on_pattern(self, path: Path, error: _Error) -> None:
+        value: str = error.instance
+        pos = self.doc.value_position(path)
+        field = _field(path)
+        if field == "target":
+            if value.startswith("/"):
+                message = f"target {value!r} must be relative to its root; drop the leading '/'"
+            else:
+                message = f"target {value!r} climbs out of its root with '..'"
+        elif field == "path" and path[0] == "roots":
+            message = f"path {value!r} of root {path[1]!r} must be absolute"
+        elif field == "type":
+            message = f"invalid filesystem type {value!r}"
+        elif field == "mode":
+            message = f'invalid mode {value!r}: give octal permission bits, e.g. "0755"'
+        elif field == "name" and len(path) == 1:
+            message = f"invalid plan name {value!r}: {_IDENT_RULE}"
+        elif field == "name":
+            message = f"invalid mount name {value!r}: {_IDENT_RULE}"
+        else:
+            message = f"invalid root name {value!r} in {self.describe(path)}: {_IDENT_RULE}"
+        self.at(pos, message)
+
+    def on_minLength(self, path: Path, error: _Error) -> None:
+        self.at(self.doc.value_position(path), f"{self.describe(path)} must not be empty")
+
+    def on_minItems(self, path: Path, error: _Error) -> None:
+        self.at(self.doc.value_position(path), f"{self.describe(path)} needs at least one value")
+
+    def on_maxItems(self, path: Path, error: _Error) -> None:
+        self.at(
+            self.doc.key_position(path),
+            f"{self.describe(path)} has {len(error.instance)} entries; the limit is {error.validator_value}",
+        )
+
+    def on_minProperties(self, path: Path, error: _Error) -> None:
+        self.at(self.doc.value_position(path), "a plan needs at least one root")
+
+    def on_uniqueItems(self, path: Path, error: _Error) -> None:
+        seen: set[str] = set()
+        what = "attribute" if _field(path) == "attrs" else "mount"
+        for index, item in enumerate(error.instance):
+            key = json.dumps(item, sort_keys=True)
+            if key in seen:
+                self.at(
+                    self.doc.value_position((*path, index)),
+                    f"{what} {item!r} is listed twice in {self.describe(path)}",
+                )
+            seen.add(key)
+
+    def on_oneOf(self, path: Path, error: _Error) -> None:
+        mount = error.instance
+        if "type" in mount and "bind" in mount:
+            later = max(("type", "bind"), key=lambda k: _sort_key(self.doc.key_position((*path, k))))
+            self.at(
+                self.doc.key_position((*path, later)),
+                f"'type' and 'bind' are mutually exclusive in {self.describe(path)}: "
+                "a mount is a new filesystem or a bind, not both",
+            )
+        else:
+            self.at(
+                self.doc.value_position(path),
+                f"{self.describe(path)} needs 'type' (a filesystem mount) or 'bind' (a bind mount)",
+            )
+
+    def on_dependentRequired(self, path: Path, error: _Error) -> None:
+        mount = error.instance
+        if "bind" not in mount:
+            return  # already reported: the mount has neither 'type' nor 'bind'
+        for key in sorted(error.validator_value):
+            if key in mount and "type" not in mount:
+                self.at(
+                    self.doc.key_position((*path, key)),
+                    f"{key!r} applies to filesystem mounts only; {self.describe(path)} is a bind mount",
+                )
+
+
+_IDENT_RULE = "use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 64)"
+
+
+def _sort_key(pos: Position) -> tuple[int, int]:
+    return pos.line, pos.col
+
+
+def _dotted(path: Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
