@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PLAN = os.path.join(HERE, "..", "plans", "demo.yaml")
+PLAN = os.path.relpath(os.path.join(HERE, "..", "plans", "demo.yaml"))
 MOUNTPLAN = os.path.join(os.path.dirname(sys.executable), "mountplan")
 
 
@@ -26,13 +26,16 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="mountplan-demo-")
     root = os.path.join(work, "root")
     os.mkdir(root)
-    common = ["--root", f"demo={root}", "--state-dir", os.path.join(work, "state")]
+    common = ["--root", f"sandbox={root}", "--state-dir", os.path.join(work, "state")]
     before = table()
     run("validate", PLAN)
     run("steps", PLAN)
     run("apply", PLAN, *common)
-    print(f"\n$ findmnt -R {root}", flush=True)
-    subprocess.run(["findmnt", "-R", "-o", "TARGET,FSTYPE,OPTIONS,PROPAGATION", root], check=False)
+    print(f"\n$ findmnt --list | grep {root}", flush=True)
+    out = subprocess.run(
+        ["findmnt", "--list", "-o", "TARGET,FSTYPE,OPTIONS,PROPAGATION"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    print("\n".join([out[0]] + [line for line in out[1:] if line.startswith(root)]))
     run("apply", PLAN, *common)
     run("destroy", PLAN, *common)
     same = table() == before

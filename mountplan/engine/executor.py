@@ -11,8 +11,11 @@ its target has the mount id recorded when mountplan made it.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import errno
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -60,9 +63,25 @@ log = structlog.wrap_logger(logging.getLogger("mountplan"))
 AT_FDCWD = -100
 
 
+def _canonical(value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def fingerprint(spec: MountSpec) -> str:
-    """Identity of a mount's definition; a change means the mount must be replaced."""
-    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+    """Identity of a mount's definition; a change means the mount must be replaced.
+
+    Canonical JSON, not repr(): frozenset order depends on per-process hash seeds.
+    """
+    text = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
