@@ -58,8 +58,10 @@ def _bench(sizes: list[int], repeat: int) -> list[str]:
     baseline = len(read_live_table(TableSource.MOUNTINFO))
     lines = [
         f"kernel {os.uname().release}, python {sys.version.split()[0]}, best/median of {repeat}",
-        f"{'mounts':>7} {'statmount ms':>13} {'mountinfo ms':>13} {'findmnt ms':>11}"
-        f" {'stat us/m':>10} {'info us/m':>10} {'findmnt us/m':>13} {'mount us/m':>11}",
+        (
+            f"{'mounts':>7} {'statmount ms':>13} {'mountinfo ms':>13} {'findmnt ms':>11}"
+            f" {'stat us/m':>10} {'info us/m':>10} {'findmnt us/m':>13} {'mount us/m':>11}"
+        ),
     ]
     made = 0
     for size in sizes:

@@ -116,7 +116,7 @@ class StatmountResult:
         """A requested string field, ``""`` when the kernel reported it empty."""
         value = getattr(self, name)
         if value is None:
-            bit = dict((n, b) for n, b, _ in _STRING_FIELDS)[name]
+            bit = {n: b for n, b, _ in _STRING_FIELDS}[name]
             if not self.requested & bit:
                 raise ValueError(f"statmount field {name} was not requested")
             return ""

@@ -35,7 +35,7 @@ def mount_tmpfs(
     dirfd: int,
     name: str,
     options: Mapping[str, str | None] | None = None,
-    attrs: MountAttr = MountAttr(0),
+    attrs: MountAttr = MountAttr(0),  # noqa: B008 - an immutable IntFlag value
     fs_type: str = "tmpfs",
 ) -> None:
     """Mount a fresh ``fs_type`` on ``name`` beneath ``dirfd`` (fd-pinned target)."""

@@ -8,7 +8,16 @@ import os
 import pytest
 from _mounts import build_table, mount_tmpfs, scratch
 
-from mountplan._kernel import MoveMountFlag, OpenFlag, Resolve, fsconfig_create, fsmount, fsopen, move_mount, openat2
+from mountplan._kernel import (
+    MoveMountFlag,
+    OpenFlag,
+    Resolve,
+    fsconfig_create,
+    fsmount,
+    fsopen,
+    move_mount,
+    openat2,
+)
 from mountplan._kernel.statmount import (
     LSMT_ROOT,
     StatmountMask,
