@@ -489,7 +489,7 @@ class Engine:
                     if op == "mkdir":
                         k.mkdirat(cur.fileno(), part, mode if last else 0o755, shown=f"{root.name}:{sub}")
                     else:
-                        self._mkfile(cur, part, f"{root.name}:{sub}")
+                        self._mkfile(cur, part, mode, f"{root.name}:{sub}")
                     st = os.stat(part, dir_fd=cur.fileno(), follow_symlinks=False)
                     undo.append(_Undo(seq, op, root.name, sub, dev=st.st_dev, ino=st.st_ino, mount=spec.name))
                     store.journal_write({"op": "created", "ref": seq, "dev": st.st_dev, "ino": st.st_ino})
@@ -501,9 +501,9 @@ class Engine:
             cur.close()
 
     @staticmethod
-    def _mkfile(parent: Fd, name: str, shown: str) -> None:
+    def _mkfile(parent: Fd, name: str, mode: int, shown: str) -> None:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent.fileno())
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666, dir_fd=parent.fileno())
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_CREAT|O_EXCL") from None
         os.close(fd)
