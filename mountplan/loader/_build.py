@@ -40,7 +40,7 @@ def build_plan(doc: Document, filename: str) -> Plan:
         _build_mount(doc, ("mounts", index), mount, data, default_attrs, default_propagation)
         for index, mount in enumerate(data["mounts"])
     )
-    return Plan(name=data["name"], roots=roots, mounts=mounts, version=data["version"], source_file=filename)
+    return Plan(name=data["name"], roots=roots, mounts=mounts, version=int(data["version"]), source_file=filename)
 
 
 def _build_mount(

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 
-__all__ = ["load_schema", "target_pattern", "validate"]
+__all__ = ["FS_TYPE_RE", "load_schema", "target_pattern", "validate"]
 
 _JSON_TYPE_NAMES = {
     "object": "a mapping",
@@ -69,7 +69,7 @@ _MOUNT_KEYS = frozenset(
         "inherit_attrs", "propagation", "mountpoint", "after",
     }
 )
-_FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _OPTION_KEY_RE = re.compile(r"^[^=,\s]+$")
 _MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
@@ -101,7 +101,7 @@ def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.
     if (fs_type is None) == (bind is None):
         return False
     if fs_type is not None:
-        if type(fs_type) is not str or _FS_TYPE_RE.search(fs_type) is None:
+        if type(fs_type) is not str or FS_TYPE_RE.search(fs_type) is None:
             return False
     elif "options" in mount or "source" in mount:
         return False
@@ -186,8 +186,12 @@ def validate(doc: Document, filename: str) -> list[Diagnostic]:
             )
         ]
     translator = _Translator(doc, filename)
-    for error in _iter_errors(doc.data):
-        translator.translate(error)
+    errors = [error for error in _iter_errors(doc.data) if tuple(error.absolute_path) not in doc.reported]
+    # A value of the wrong type also fails its const/enum/pattern/oneOf; say only the first.
+    mistyped = {tuple(error.absolute_path) for error in errors if error.validator == "type"}
+    for error in errors:
+        if error.validator == "type" or tuple(error.absolute_path) not in mistyped:
+            translator.translate(error)
     return translator.diagnostics
 
 

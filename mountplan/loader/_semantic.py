@@ -7,7 +7,7 @@ import os
 from collections import deque
 from typing import Any
 
-from mountplan.loader._schema import target_pattern
+from mountplan.loader._schema import FS_TYPE_RE, target_pattern
 from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 from mountplan.model import ATIME_ATTRS, OVERLAY_PATH_KEYS, Attr, normalize_target
@@ -129,7 +129,7 @@ class _Checker:
                 )
             self.check_target(base, label, root, mount.get("target"), targets)
             self.check_bind(base, mount.get("bind"))
-            self.check_filesystem(base, label, mount)
+            self.check_filesystem(base, label, root, mount)
             self.check_atime((*base, "attrs"), mount.get("attrs"), f"'attrs' of {label}")
         self.check_after(names)
         return self.diagnostics
@@ -168,12 +168,14 @@ class _Checker:
         self.check_root_name((*base, "bind", "root"), root)
         problem = _relative_path_problem(path)
         if problem:
-            self.report(pos, f"bind source {path!r} {problem} of root {root!r}")
+            self.report(
+                pos, f"bind source {path!r} {problem}; with 'root' it must be a relative path beneath root {root!r}"
+            )
 
-    def check_filesystem(self, base: Path, label: str, mount: dict[str, Any]) -> None:
+    def check_filesystem(self, base: Path, label: str, root: str | None, mount: dict[str, Any]) -> None:
         fs_type = mount.get("type")
-        if not isinstance(fs_type, str) or not fs_type:
-            return
+        if not isinstance(fs_type, str) or FS_TYPE_RE.search(fs_type) is None:
+            return  # the schema reported it
         mountpoint = mount.get("mountpoint")
         if isinstance(mountpoint, dict) and mountpoint.get("kind") == "file" and "bind" not in mount:
             self.report(
@@ -211,7 +213,8 @@ class _Checker:
                             *base, "options", key)
                         self.report(
                             self.doc.value_position(path),
-                            f"overlay layer {part!r} in option {key!r} of {label} {problem} of its root",
+                            f"overlay layer {part!r} in option {key!r} of {label} {problem}; "
+                            "a relative layer must lie beneath " + (f"root {root!r}" if root else "its root"),
                         )
 
     def check_atime(self, path: Path, attrs: object, where: str) -> None:
@@ -264,13 +267,13 @@ class _Checker:
 def _relative_path_problem(path: str) -> str:
     """Why ``path`` cannot be a path beneath a root ('' when it can)."""
     if path.startswith("/"):
-        return "must be relative (it is taken beneath a root), not absolute,"
+        return "is absolute"
     if ".." in path.split("/"):
-        return "climbs with '..' out"
+        return "climbs out with '..'"
     if os.path.normpath(path) == ".":
-        return "names the top"
+        return "names the root itself"
     if "\0" in path:
-        return "contains a NUL byte; it is not a valid path"
+        return "contains a NUL byte"
     return ""
 
 

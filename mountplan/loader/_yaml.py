@@ -67,6 +67,9 @@ class Document:
     values: dict[Path, Any]  # yaml Marks, turned into Positions only when asked
     keys: dict[Path, Any]
     raw: dict[Path, str]
+    #: Values already reported by the YAML layer (an alias, a mapping with a merge key);
+    #: schema errors at exactly these paths would only repeat that report.
+    reported: frozenset[Path] = frozenset()
 
     def value_position(self, path: Path) -> Position:
         """Where the value at ``path`` (or its nearest recorded ancestor) was written."""
@@ -161,6 +164,7 @@ class _Builder:
         self.values: dict[Path, Any] = {}
         self.keys: dict[Path, Any] = {}
         self.raw: dict[Path, str] = {}
+        self.reported: set[Path] = set()
         self.diagnostics: list[Diagnostic] = []
         self.loader_get_event: Any = None
 
@@ -205,6 +209,7 @@ class _Builder:
             if isinstance(event, AliasEvent):
                 pos = _position(mark)
                 self.error(pos, f"YAML alias '*{event.anchor}' is not allowed in a plan; repeat the value")
+                self.reported.add(path)
                 value = None
             else:
                 if event.anchor is not None:
@@ -265,6 +270,7 @@ class _Builder:
             return
         if key == "<<" and event.implicit[0]:
             self.error(_position(mark), "YAML merge keys ('<<') are not allowed in a plan")
+            self.reported.add(frame.path)
             return
         child = (*frame.path, key)
         first = self.keys.get(child)
@@ -383,4 +389,5 @@ def parse(data: str | bytes, filename: str) -> tuple[Document | None, list[Diagn
         return None, builder.diagnostics
     finally:
         loader.dispose()
-    return Document(result, builder.values, builder.keys, builder.raw), builder.diagnostics
+    document = Document(result, builder.values, builder.keys, builder.raw, frozenset(builder.reported))
+    return document, builder.diagnostics
