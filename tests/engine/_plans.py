@@ -122,7 +122,7 @@ def kill_plan_yaml(host_dir: str, name: str = "killme") -> str:
         add(f"- {{name: t{i:02d}, target: dirs/d{i % 4}/t{i:02d}, type: tmpfs, options: {{mode: '0755'}}}}")
     add(f"- {{name: hostbind, target: host/rec, bind: {{path: {host_dir}, recursive: true}}, attrs: [ro]}}")
     add(f"- {{name: hostflat, target: host/flat, bind: {{path: {host_dir}, recursive: false}}}}")
-    add("- {name: null, target: devnull, bind: {path: /dev/null, recursive: false}}")
+    add("- {name: devnull, target: devnull, bind: {path: /dev/null, recursive: false}}")
     for i in range(6):
         add(f"- {{name: view{i}, target: views/v{i}, bind: {{root: r, path: base/n0}}, attrs: [ro]}}")
     return "\n".join(lines) + "\n"
