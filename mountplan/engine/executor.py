@@ -28,6 +28,7 @@ import structlog
 from mountplan._kernel import (
     AtFlag,
     Fd,
+    FspickFlag,
     MountAttr,
     MoveMountFlag,
     OpenFlag,
@@ -36,6 +37,8 @@ from mountplan._kernel import (
     detect,
 )
 from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
+from mountplan.diff import Action, Change, ChangeSet, diff
+from mountplan.livetable import read_live_table
 from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, RootError
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec, Plan
 
@@ -61,6 +64,12 @@ from .state import ManagedMount, State, StateStore, default_state_dir, instance_
 log = structlog.wrap_logger(logging.getLogger("mountplan"))
 
 AT_FDCWD = -100
+
+#: Attribute bits a plan fully controls on a filesystem mount (cleared when not planned).
+_SETTABLE = (
+    MountAttr.RDONLY | MountAttr.NOSUID | MountAttr.NODEV | MountAttr.NOEXEC | MountAttr.NODIRATIME
+    | MountAttr.NOSYMFOLLOW | MountAttr.NOATIME | MountAttr.STRICTATIME
+)
 
 
 def _canonical(value: Any) -> Any:
@@ -93,10 +102,12 @@ class ApplyResult:
     unchanged: tuple[str, ...]
     replaced: tuple[str, ...]
     state_file: str
+    updated: tuple[str, ...] = ()
+    pruned: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.replaced)
+        return bool(self.created or self.replaced or self.updated or self.pruned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +192,12 @@ class Engine:
     # ================================================================== public
 
     def apply(
-        self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, compiled: CompiledPlan | None = None
+        self,
+        plan: Plan,
+        roots: Mapping[str, str | int] | None = None,
+        *,
+        compiled: CompiledPlan | None = None,
+        prune: bool = False,
     ) -> ApplyResult:
         """Make every planned mount; undo everything on failure."""
         detect().require()
@@ -192,7 +208,7 @@ class Engine:
             with store.locked(self.lock_timeout):
                 self._recover_store(store)
                 state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
-                return self._apply_locked(plan, compiled, rootset, store, state)
+                return self._apply_locked(plan, compiled, rootset, store, state, prune)
 
     def destroy(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> DestroyResult:
         """Unmount every mount this plan instance made, innermost first, and remove its mountpoints."""
@@ -255,31 +271,108 @@ class Engine:
 
     # ================================================================== apply
 
+    def _diff(self, plan: Plan, rootset: RootSet, state: State) -> ChangeSet:
+        managed = {m.name: (m.mnt_id, m.root, m.target, m.fingerprint) for m in state.mounts}
+        paths = {name: handle.identity.path for name, handle in rootset.items()}
+        prints = {m.name: fingerprint(m) for m in plan.mounts}
+        return diff(plan, managed, read_live_table(), paths, prints)
+
+    def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> ChangeSet:
+        """What apply would do, against the live table and the state file. Touches nothing."""
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, roots), needed) as rootset:
+            store = self._store(plan, rootset)
+            state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
+            return self._diff(plan, rootset, state)
+
+    def _update_in_place(self, spec: MountSpec, root: RootHandle, change: Change, plog: Any) -> None:
+        """Fix drift without a remount: mount_setattr, and fspick + reconfigure for options."""
+        k = self.backend
+        fields = {f.field.split(".")[0] for f in change.fields}
+        target = resolve(k, root, spec.target, O_PATH_ANY)
+        try:
+            ids = k.statx_mount_ids(target.fileno())
+            if ids.mnt_id != change.mnt_id:
+                raise ExecutionError(f"mount at {root.name}:{spec.target} is not the one mountplan made", step=f"{spec.name}:update")
+            if "attrs" in fields or "propagation" in fields:
+                want = spec.kernel_attrs
+                clear = MountAttr(0)
+                if spec.kind is MountKind.FILESYSTEM:
+                    clear = MountAttr(int(_SETTABLE) & ~int(want))
+                elif Attr.RELATIME in spec.attrs:
+                    clear = MountAttr.NOATIME | MountAttr.STRICTATIME
+                k.mount_setattr(
+                    target.fileno(), "", AtFlag.EMPTY_PATH, want, clear, propagation=spec.propagation.kernel_value
+                )
+            if "options" in fields:
+                ctx = k.fspick(target.fileno(), "", FspickFlag.CLOEXEC | FspickFlag.EMPTY_PATH)
+                try:
+                    for opt in spec.options:
+                        if opt.value is None:
+                            k.fsconfig_set_flag(ctx.fileno(), opt.key)
+                        else:
+                            k.fsconfig_set_string(ctx.fileno(), opt.key, opt.value)
+                    k.fsconfig_reconfigure(ctx.fileno())
+                finally:
+                    ctx.close()
+        finally:
+            target.close()
+        plog.info("mount.updated", mount=spec.name, fields=sorted(fields))
+
     def _apply_locked(
-        self, plan: Plan, compiled: CompiledPlan, rootset: RootSet, store: StateStore, state: State
+        self,
+        plan: Plan,
+        compiled: CompiledPlan,
+        rootset: RootSet,
+        store: StateStore,
+        state: State,
+        prune: bool = False,
     ) -> ApplyResult:
+        pruned: list[str] = []
         plog = log.bind(plan=plan.name)
+        changes = self._diff(plan, rootset, state)
         unchanged: list[str] = []
         replaced: list[str] = []
+        updated: list[str] = []
         todo: list[str] = []
+        by_name = {c.mount: c for c in changes.changes}
+        for foreign in changes.foreign:
+            plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
         for name in compiled.mount_order:
+            change = by_name[name]
             spec = plan.mount(name)
             managed = state.managed(name)
+            if change.action is Action.NOOP:
+                unchanged.append(name)
+                continue
+            if change.action is Action.UPDATE and managed is not None:
+                self._update_in_place(spec, rootset[spec.root], change, plog)
+                managed.fingerprint = fingerprint(spec)
+                store.save(state)
+                updated.append(name)
+                continue
             if managed is not None:
-                present = self.mount_is_ours(rootset[managed.root], managed.target, managed.mnt_id)
-                if present and managed.fingerprint == fingerprint(spec):
-                    unchanged.append(name)
-                    continue
-                if present:
+                if change.action is Action.REPLACE:
                     self._unmount_managed(managed, rootset[managed.root], plog)
                     self._remove_created(managed, rootset[managed.root])
                     replaced.append(name)
                 state.mounts.remove(managed)
                 store.save(state)
             todo.append(name)
+        if prune:
+            for change in changes.changes:
+                managed = state.managed(change.mount)
+                if change.action is Action.DELETE and managed is not None:
+                    self._unmount_managed(managed, rootset[managed.root], plog)
+                    self._remove_created(managed, rootset[managed.root])
+                    state.mounts.remove(managed)
+                    store.save(state)
+                    pruned.append(change.mount)
         if not todo:
-            plog.info("apply.unchanged", mounts=len(unchanged))
-            return ApplyResult(plan.name, (), tuple(unchanged), (), store.state_path)
+            plog.info("apply.done", created=0, updated=len(updated), unchanged=len(unchanged))
+            return ApplyResult(
+                plan.name, (), tuple(unchanged), tuple(replaced), store.state_path, tuple(updated), tuple(pruned)
+            )
 
         store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
         undo: list[_Undo] = []
@@ -331,7 +424,9 @@ class Engine:
         store.journal_close(remove=True)
         plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), unchanged=len(unchanged))
         created = tuple(n for n in todo if n not in replaced)
-        return ApplyResult(plan.name, created, tuple(unchanged), tuple(replaced), store.state_path)
+        return ApplyResult(
+            plan.name, created, tuple(unchanged), tuple(replaced), store.state_path, tuple(updated), tuple(pruned)
+        )
 
     def _run_step(
         self,

@@ -1,0 +1,260 @@
+"""Classify every planned mount against the state file and the live mount table.
+
+Pure data in, data out: the diff never calls the kernel. Actions are the glyphs
+``mountplan plan`` prints, Terraform style:
+
+``+`` create, ``~`` update in place (mount_setattr for attributes and
+propagation, fspick + reconfigure for superblock options), ``-/+`` replace,
+``-`` destroy (made by mountplan, no longer planned), and no-op.
+A mount mountplan did not make is never an action: it is reported as foreign.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mountplan._fsopts import options_differ
+from mountplan._kernel.constants import MOUNT_ATTR_ATIME_MASK, MountAttr
+from mountplan._kernel.constants import Propagation as KernelPropagation
+from mountplan.livetable import LiveMount, LiveTable
+from mountplan.model import ATIME_ATTRS, MountKind, MountSpec, Plan, Propagation
+
+__all__ = ["Action", "Change", "ChangeSet", "FieldChange", "ForeignMount", "diff"]
+
+FORMAT_VERSION = 1
+
+#: The attribute bits a plan controls (IDMAP is not plan-controlled).
+_PLANNED_BITS = (
+    MountAttr.RDONLY
+    | MountAttr.NOSUID
+    | MountAttr.NODEV
+    | MountAttr.NOEXEC
+    | MountAttr.NODIRATIME
+    | MountAttr.NOSYMFOLLOW
+    | MountAttr(MOUNT_ATTR_ATIME_MASK)
+)
+
+
+class Action(enum.Enum):
+    NOOP = " "
+    CREATE = "+"
+    UPDATE = "~"
+    REPLACE = "-/+"
+    DELETE = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One differing field: ``attrs``, ``propagation``, ``options``, ``fs_type``, ``source``."""
+
+    field: str
+    planned: str
+    live: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"field": self.field, "planned": self.planned, "live": self.live}
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignMount:
+    """A mount mountplan did not make, on or beneath a planned target."""
+
+    mount_point: str
+    fs_type: str
+    source: str
+    near: str  # the planned mount it sits on/under
+
+    def to_json(self) -> dict[str, str]:
+        return {"mount_point": self.mount_point, "fs_type": self.fs_type, "source": self.source, "near": self.near}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What apply will do for one mount, and why."""
+
+    mount: str
+    root: str
+    target: str
+    action: Action
+    fields: tuple[FieldChange, ...] = ()
+    reason: str = ""
+    mnt_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mount": self.mount,
+            "root": self.root,
+            "target": self.target,
+            "action": self.action.name.lower(),
+            "symbol": self.action.value,
+            "fields": [f.to_json() for f in self.fields],
+            "reason": self.reason,
+            "mnt_id": self.mnt_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Every change for one plan instance, in plan order, plus foreign mounts seen."""
+
+    plan: str
+    changes: tuple[Change, ...]
+    foreign: tuple[ForeignMount, ...] = ()
+
+    def counts(self) -> tuple[int, int, int]:
+        add = sum(c.action in {Action.CREATE, Action.REPLACE} for c in self.changes)
+        change = sum(c.action is Action.UPDATE for c in self.changes)
+        destroy = sum(c.action in {Action.DELETE, Action.REPLACE} for c in self.changes)
+        return add, change, destroy
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action is not Action.NOOP for c in self.changes)
+
+    def summary(self) -> str:
+        if not self.has_changes:
+            return "No changes. The live mount table matches the plan."
+        add, change, destroy = self.counts()
+        return f"Plan: {add} to add, {change} to change, {destroy} to destroy."
+
+    def to_json(self) -> dict[str, Any]:
+        add, change, destroy = self.counts()
+        return {
+            "format_version": FORMAT_VERSION,
+            "plan": self.plan,
+            "changes": [c.to_json() for c in self.changes],
+            "foreign": [f.to_json() for f in self.foreign],
+            "summary": {"add": add, "change": change, "destroy": destroy},
+        }
+
+
+def _attr_text(flags: MountAttr) -> str:
+    names = []
+    if flags & MountAttr.RDONLY:
+        names.append("ro")
+    for flag, name in (
+        (MountAttr.NOSUID, "nosuid"),
+        (MountAttr.NODEV, "nodev"),
+        (MountAttr.NOEXEC, "noexec"),
+        (MountAttr.NODIRATIME, "nodiratime"),
+        (MountAttr.NOSYMFOLLOW, "nosymfollow"),
+    ):
+        if flags & flag:
+            names.append(name)
+    atime = int(flags) & MOUNT_ATTR_ATIME_MASK
+    names.append({0: "relatime", int(MountAttr.NOATIME): "noatime", int(MountAttr.STRICTATIME): "strictatime"}.get(atime, hex(atime)))
+    return ",".join(names)
+
+
+def _planned_options(spec: MountSpec) -> dict[str, str | None]:
+    return {opt.key: opt.value for opt in spec.options}
+
+
+def _expected_propagation(mode: Propagation, live: LiveMount) -> bool:
+    want = mode.kernel_value
+    if want is KernelPropagation.SLAVE:
+        # Without a master the kernel makes a "slave" private (kernel.md).
+        return live.propagation in {KernelPropagation.SLAVE, KernelPropagation.PRIVATE}
+    return bool(live.propagation == want)
+
+
+def compare(spec: MountSpec, live: LiveMount) -> tuple[Action, tuple[FieldChange, ...]]:
+    """How a live mount made for ``spec`` differs from it."""
+    fields: list[FieldChange] = []
+    if spec.kind is MountKind.FILESYSTEM:
+        if live.fs_type != spec.fs_type:
+            fields.append(FieldChange("fs_type", str(spec.fs_type), live.fs_type))
+        want_source = spec.source or spec.fs_type or ""
+        if live.source != want_source:
+            fields.append(FieldChange("source", want_source, live.source))
+        if fields:
+            return Action.REPLACE, tuple(fields)
+        if spec.fs_type != "overlay":
+            for key, planned, have in options_differ(spec.fs_type or "", _planned_options(spec), live.super_options):
+                fields.append(FieldChange(f"options.{key}", planned or "(absent)", have or "(absent)"))
+        want_attrs = spec.kernel_attrs
+        have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
+        if want_attrs != have_attrs:
+            fields.append(FieldChange("attrs", _attr_text(want_attrs), _attr_text(have_attrs)))
+    else:
+        # A bind inherits whatever the source had; the plan only adds flags.
+        want_attrs = spec.kernel_attrs
+        missing = MountAttr(int(want_attrs) & ~int(live.attrs) & ~MOUNT_ATTR_ATIME_MASK)
+        atime_ok = not (spec.attrs & ATIME_ATTRS) or (
+            int(live.attrs) & MOUNT_ATTR_ATIME_MASK == int(want_attrs) & MOUNT_ATTR_ATIME_MASK
+        )
+        if missing or not atime_ok:
+            have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
+            fields.append(FieldChange("attrs", _attr_text(want_attrs), _attr_text(have_attrs)))
+    if not _expected_propagation(spec.propagation, live):
+        fields.append(FieldChange("propagation", spec.propagation.value, live.propagation.name.lower()))
+    return (Action.UPDATE if fields else Action.NOOP), tuple(fields)
+
+
+def diff(
+    plan: Plan,
+    managed: Mapping[str, tuple[int, str, str, str]],
+    live: LiveTable,
+    root_paths: Mapping[str, str],
+    fingerprints: Mapping[str, str],
+) -> ChangeSet:
+    """Classify each planned mount.
+
+    ``managed`` maps a mount name to (mnt_id, root, target, fingerprint) from the
+    state file; ``fingerprints`` gives the plan's current fingerprint per mount;
+    ``root_paths`` the absolute directory of each root (for mount points).
+    """
+    changes: list[Change] = []
+    foreign: list[ForeignMount] = []
+    planned_names = {m.name for m in plan.mounts}
+    for spec in plan.mounts:
+        point = f"{root_paths[spec.root].rstrip('/')}/{spec.target}"
+        entry = managed.get(spec.name)
+        ours = live.by_id(entry[0]) if entry is not None else None
+        if ours is not None and ours.mount_point != point:
+            ours = None  # ours, but moved elsewhere: treat as gone and recreate here
+        for other in live.at(point):
+            if ours is None or other.mnt_id != ours.mnt_id:
+                foreign.append(ForeignMount(other.mount_point, other.fs_type, other.source, spec.name))
+        if ours is None:
+            reason = "not mounted" if entry is None else "the mount mountplan made is gone"
+            changes.append(Change(spec.name, spec.root, spec.target, Action.CREATE, reason=reason))
+            continue
+        assert entry is not None
+        if entry[3] != fingerprints[spec.name] and spec.kind is MountKind.BIND:
+            changes.append(
+                Change(spec.name, spec.root, spec.target, Action.REPLACE, reason="bind definition changed", mnt_id=entry[0])
+            )
+            continue
+        action, fields = compare(spec, ours)
+        if action is Action.NOOP and entry[3] != fingerprints[spec.name]:
+            action, reason = Action.UPDATE, "definition changed (no live difference)"
+        else:
+            reason = "drifted" if fields else ""
+        changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
+    for name, (mnt_id, root, target, _) in sorted(managed.items()):
+        if name not in planned_names and live.by_id(mnt_id) is not None:
+            changes.append(Change(name, root, target, Action.DELETE, reason="no longer in the plan", mnt_id=mnt_id))
+    return ChangeSet(plan.name, tuple(changes), tuple(foreign))
+
+
+def render(changes: ChangeSet) -> str:
+    """Terraform-style text for ``mountplan plan`` / ``diff``."""
+    lines = []
+    for c in changes.changes:
+        if c.action is Action.NOOP:
+            continue
+        head = f"{c.action.value:>3} {c.mount}  ({c.root}:{c.target})"
+        if c.reason:
+            head += f"  # {c.reason}"
+        lines.append(head)
+        for f in c.fields:
+            lines.append(f"      {f.field}: {f.live} -> {f.planned}")
+    for f in changes.foreign:
+        lines.append(f"  ! foreign mount at {f.mount_point} ({f.fs_type} {f.source}) near {f.near!r}: left alone")
+    lines.append("")
+    lines.append(changes.summary())
+    return "\n".join(lines) + "\n"
