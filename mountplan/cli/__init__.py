@@ -104,8 +104,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     plan = _load(args.plan)
-    result = _engine(args).apply(plan, _roots(args))
+    result = _engine(args).apply(plan, _roots(args), prune=args.prune)
     data = {
+        "updated": list(result.updated),
+        "pruned": list(result.pruned),
         "plan": result.plan,
         "created": list(result.created),
         "replaced": list(result.replaced),
@@ -113,8 +115,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "state_file": result.state_file,
     }
     text = (
-        f"Apply complete: {len(result.created)} created, {len(result.replaced)} replaced, "
-        f"{len(result.unchanged)} unchanged."
+        f"Apply complete: {len(result.created)} created, {len(result.updated)} updated, "
+        f"{len(result.replaced)} replaced, {len(result.pruned)} pruned, {len(result.unchanged)} unchanged."
     )
     _emit(args, data, text)
     return EXIT_OK
@@ -138,6 +140,48 @@ def cmd_recover(args: argparse.Namespace) -> int:
     lines.append(f"Recover complete: {len(result.undone)} undone, {len(result.leftovers)} left.")
     _emit(args, data, "\n".join(lines))
     return 4 if result.leftovers else EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mountplan.compiler import compile_apply
+    from mountplan.diff import render
+
+    plan = _load(args.plan)
+    changes = _engine(args).plan(plan, _roots(args))
+    if args.json:
+        doc = changes.to_json()
+        if args.steps:
+            doc["steps"] = compile_apply(plan).to_json()
+        _emit(args, doc, "")
+    else:
+        text = render(changes)
+        if args.steps:
+            text += "\nSteps for a fresh apply:\n" + "\n".join(compile_apply(plan).transcript()) + "\n"
+        sys.stdout.write(text)
+    return EXIT_CHANGES if args.detailed_exitcode and changes.has_changes else EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from mountplan.diff import Action, render
+
+    plan = _load(args.plan, strict_kernel=False)
+    changes = _engine(args).plan(plan, _roots(args))
+    drifted = [c for c in changes.changes if c.action in {Action.UPDATE, Action.REPLACE} or (c.action is Action.CREATE and c.reason != "not mounted")]
+    if args.json:
+        _emit(args, changes.to_json(), "")
+    else:
+        sys.stdout.write(render(changes))
+    return EXIT_CHANGES if drifted or changes.foreign else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    plan = _load(args.plan, strict_kernel=False)
+    store, state = _engine(args).load_state(plan, _roots(args))
+    mounts = [] if state is None else [m.to_json() for m in state.mounts]
+    lines = [f"{m['name']:<20} {m['root']}:{m['target']}  mnt_id={m['mnt_id']}" for m in mounts]
+    lines.append(f"{len(mounts)} mount(s) managed; state {store.state_path}")
+    _emit(args, {"plan": plan.name, "state_file": store.state_path, "mounts": mounts}, "\n".join(lines))
+    return EXIT_OK
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -195,9 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="diagnostics as JSON on stdout")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("plan", parents=[common, run], help="dry run: what apply would change (touches nothing)")
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--steps", action="store_true", help="also show the syscall transcript of a fresh apply")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 10 when changes are pending")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("apply", parents=[common, run], help="make the plan's mounts (all or nothing)")
     p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--prune", action="store_true", help="also remove mounts mountplan made that the plan no longer lists")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("diff", parents=[common, run], help="report drift of the live table from the plan (exit 10 on drift)")
+    p.add_argument("plan", metavar="PLAN")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("status", parents=[common, run], help="what mountplan manages for this plan and roots")
+    p.add_argument("plan", metavar="PLAN")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("destroy", parents=[common, run], help="unmount what apply made, remove created mountpoints")
     p.add_argument("plan", metavar="PLAN")
@@ -242,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_INTERNAL
+    except Exception as exc:  # a bug: one line by default, the traceback with -vv
+        if verbosity >= 2:
+            raise
+        sys.stderr.write(f"mountplan: internal error: {type(exc).__name__}: {exc} (rerun with -vv for a traceback)\n")
         return EXIT_INTERNAL
 
 
