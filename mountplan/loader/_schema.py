@@ -96,11 +96,11 @@ def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.
         return False
     if target_re.search(target) is None:
         return False
+    if ("type" in mount) == ("bind" in mount):
+        return False
     fs_type = mount.get("type")
     bind = mount.get("bind")
-    if (fs_type is None) == (bind is None):
-        return False
-    if fs_type is not None:
+    if "type" in mount:
         if type(fs_type) is not str or FS_TYPE_RE.search(fs_type) is None:
             return False
     elif "options" in mount or "source" in mount:

@@ -141,8 +141,8 @@ def _type_of(spec: dict[str, Any]) -> str:
     if "enum" in spec:
         return " \\| ".join(f"`{item}`" for item in spec["enum"])
     kind = spec.get("type", "")
-    kinds = kind if isinstance(kind, list) else [kind]
-    names = {"object": "mapping", "array": "list", "boolean": "boolean"}
+    kinds: list[str] = kind if isinstance(kind, list) else [kind]
+    names: dict[str, str] = {"object": "mapping", "array": "list", "boolean": "boolean"}
     text = " \\| ".join(names.get(k, k) for k in kinds if k)
     items = spec.get("items")
     if kind == "array" and isinstance(items, dict) and "enum" in items:
