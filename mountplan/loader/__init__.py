@@ -74,7 +74,10 @@ def _check(text: str | bytes, filename: str, strict_kernel: bool) -> tuple[Plan 
             pos = doc.key_position(("mounts",))
             diagnostics.append(
                 Diagnostic(
-                    filename, pos.line, pos.col, Severity.ERROR,
+                    filename,
+                    pos.line,
+                    pos.col,
+                    Severity.ERROR,
                     f"plan has {len(mounts)} mounts; the limit is {MAX_MOUNTS}",
                 )
             )

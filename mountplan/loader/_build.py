@@ -40,7 +40,9 @@ def build_plan(doc: Document, filename: str) -> Plan:
         _build_mount(doc, ("mounts", index), mount, data, default_attrs, default_propagation)
         for index, mount in enumerate(data["mounts"])
     )
-    return Plan(name=data["name"], roots=roots, mounts=mounts, version=int(data["version"]), source_file=filename)
+    return Plan(
+        name=data["name"], roots=roots, mounts=mounts, version=int(data["version"]), source_file=filename
+    )
 
 
 def _build_mount(
@@ -96,7 +98,9 @@ def _build_options(doc: Document, path: Path, options: dict[str, Any]) -> tuple[
         elif value is False:
             continue
         elif isinstance(value, list):
-            built.extend(Option(key, _option_text(doc, (*path, key, i), item)) for i, item in enumerate(value))
+            built.extend(
+                Option(key, _option_text(doc, (*path, key, i), item)) for i, item in enumerate(value)
+            )
         else:
             built.append(Option(key, _option_text(doc, (*path, key), value)))
     return tuple(built)

@@ -65,8 +65,18 @@ _ATTRS = frozenset(
 _PROPAGATIONS = frozenset({"private", "slave", "shared", "unbindable"})
 _MOUNT_KEYS = frozenset(
     {
-        "name", "root", "target", "type", "source", "options", "bind", "attrs",
-        "inherit_attrs", "propagation", "mountpoint", "after",
+        "name",
+        "root",
+        "target",
+        "type",
+        "source",
+        "options",
+        "bind",
+        "attrs",
+        "inherit_attrs",
+        "propagation",
+        "mountpoint",
+        "after",
     }
 )
 FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -103,9 +113,7 @@ def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.
     if "type" in mount:
         if type(fs_type) is not str or FS_TYPE_RE.search(fs_type) is None:
             return False
-    elif "options" in mount or "source" in mount:
-        return False
-    elif not _is_surely_valid_bind(bind, ident):
+    elif "options" in mount or "source" in mount or not _is_surely_valid_bind(bind, ident):
         return False
     if "root" in mount and not _is_ident(mount["root"], ident):
         return False
@@ -181,7 +189,10 @@ def validate(doc: Document, filename: str) -> list[Diagnostic]:
     if doc.data is None:
         return [
             Diagnostic(
-                filename, 1, 1, Severity.ERROR,
+                filename,
+                1,
+                1,
+                Severity.ERROR,
                 "the plan is empty; it needs 'version', 'name', 'roots' and 'mounts'",
             )
         ]
@@ -286,7 +297,9 @@ class _Translator:
     def on_additionalProperties(self, path: Path, error: _Error) -> None:
         allowed = sorted(error.schema.get("properties", {}))
         where = self.describe(path)
-        for key in sorted(set(error.instance) - set(allowed), key=lambda k: self.doc.key_position((*path, k)).line):
+        for key in sorted(
+            set(error.instance) - set(allowed), key=lambda k: self.doc.key_position((*path, k)).line
+        ):
             hint = did_you_mean(key, allowed)
             if not hint and allowed:
                 hint = "; expected one of " + ", ".join(repr(name) for name in allowed)
@@ -295,7 +308,9 @@ class _Translator:
     def on_required(self, path: Path, error: _Error) -> None:
         for key in error.validator_value:
             if key not in error.instance:
-                self.at(self.doc.value_position(path), f"{self.describe(path)} is missing required key {key!r}")
+                self.at(
+                    self.doc.value_position(path), f"{self.describe(path)} is missing required key {key!r}"
+                )
 
     def on_type(self, path: Path, error: _Error) -> None:
         expected = error.validator_value
@@ -429,4 +444,3 @@ def _dotted(path: Path) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
-

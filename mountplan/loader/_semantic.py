@@ -10,7 +10,7 @@ from typing import Any
 from mountplan.loader._schema import FS_TYPE_RE, target_pattern
 from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
-from mountplan.model import ATIME_ATTRS, OVERLAY_PATH_KEYS, Attr, normalize_target
+from mountplan.model import ATIME_ATTRS, OVERLAY_PATH_KEYS, normalize_target
 
 __all__ = ["check_semantics", "effective_root", "is_known_filesystem", "kernel_filesystems"]
 
@@ -169,7 +169,8 @@ class _Checker:
         problem = _relative_path_problem(path)
         if problem:
             self.report(
-                pos, f"bind source {path!r} {problem}; with 'root' it must be a relative path beneath root {root!r}"
+                pos,
+                f"bind source {path!r} {problem}; with 'root' it must be a relative path beneath root {root!r}",
             )
 
     def check_filesystem(self, base: Path, label: str, root: str | None, mount: dict[str, Any]) -> None:
@@ -209,8 +210,11 @@ class _Checker:
                 for part in parts:
                     problem = "" if part.startswith("/") else _relative_path_problem(part)
                     if problem:
-                        path: Path = (*base, "options", key, index) if isinstance(value, list) else (
-                            *base, "options", key)
+                        path: Path = (
+                            (*base, "options", key, index)
+                            if isinstance(value, list)
+                            else (*base, "options", key)
+                        )
                         self.report(
                             self.doc.value_position(path),
                             f"overlay layer {part!r} in option {key!r} of {label} {problem}; "

@@ -216,14 +216,15 @@ class _Builder:
                     self.error(_position(mark), f"YAML anchor '&{event.anchor}' is not allowed in a plan")
                 if isinstance(event, ScalarEvent):
                     value = self.scalar(event, path, discard)
-                    if value is None and event.value == "" and parent is not None and not discard:
-                        if path in self.keys:
-                            # An empty value has no text of its own; point at its key.
-                            self.values[path] = self.keys[path]
+                    if value is None and event.value == "" and not discard and path in self.keys:
+                        # An empty value has no text of its own; point at its key.
+                        self.values[path] = self.keys[path]
                 else:
                     is_map = isinstance(event, MappingStartEvent)
                     if event.tag not in (None, "!", _MAP if is_map else _SEQ):
-                        self.error(_position(mark), f"YAML tag {_short_tag(event.tag)!r} is not allowed in a plan")
+                        self.error(
+                            _position(mark), f"YAML tag {_short_tag(event.tag)!r} is not allowed in a plan"
+                        )
                     if len(stack) >= MAX_DEPTH:
                         self.error(_position(mark), f"plan nests deeper than {MAX_DEPTH} levels")
                         raise _Stop
@@ -320,7 +321,7 @@ class _Builder:
             self.raw[path] = text
         if tag == _INT:
             if text.startswith("0o"):
-                return int(text[2:], 8)
+                return int(text, 0)
             return int(text, 16) if text.startswith("0x") else int(text)
         lowered = text.lower()
         if lowered.endswith("inf"):
@@ -354,8 +355,7 @@ def decode(data: str | bytes, filename: str) -> tuple[str | None, list[Diagnosti
                 return fail(pos, f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save it as UTF-8")
     else:
         text = data
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     bad = _NON_PRINTABLE.search(text)
     if bad is not None:
         char = bad.group()

@@ -62,7 +62,10 @@ def test_full_plan_builds_model_with_defaults_applied(fixed_kernel: frozenset[st
     proc, tools, null, work = plan.mounts
     assert proc.root == "input" and proc.target == "proc" and proc.fs_type == "proc"
     assert proc.options == (
-        Option("hidepid", "invisible"), Option("mode", "0755"), Option("ro"), Option("xino", "off"),
+        Option("hidepid", "invisible"),
+        Option("mode", "0755"),
+        Option("ro"),
+        Option("xino", "off"),
     )
     assert proc.attrs == frozenset({Attr.NOSUID, Attr.NODEV, Attr.NOEXEC, Attr.STRICTATIME})
     assert proc.propagation is Propagation.SLAVE
@@ -77,7 +80,9 @@ def test_full_plan_builds_model_with_defaults_applied(fixed_kernel: frozenset[st
     assert work.options[:2] == (Option("lowerdir+", "base"), Option("lowerdir+", "/lower"))
     assert work.mountpoint == MountpointSpec(create=False, kind=MountpointKind.DIRECTORY, mode=0o1777)
     assert work.source_refs() == (
-        SourceRef("base", "input"), SourceRef("/lower"), SourceRef("tmp/upper", "input"),
+        SourceRef("base", "input"),
+        SourceRef("/lower"),
+        SourceRef("tmp/upper", "input"),
         SourceRef("tmp/work", "input"),
     )
 
@@ -96,7 +101,11 @@ def test_numbers_in_options_are_passed_as_written() -> None:
         "version: 1\nname: p\nroots: {r: {}}\n"
         "mounts: [{name: t, target: t, type: tmpfs, options: {mode: 01777, nr_inodes: 0x10, x: [1.50]}}]\n"
     )
-    assert plan.mounts[0].options == (Option("mode", "01777"), Option("nr_inodes", "0x10"), Option("x", "1.50"))
+    assert plan.mounts[0].options == (
+        Option("mode", "01777"),
+        Option("nr_inodes", "0x10"),
+        Option("x", "1.50"),
+    )
 
 
 def test_empty_mount_list_is_a_valid_plan() -> None:
@@ -136,8 +145,10 @@ def test_load_raises_plan_error_with_every_diagnostic(tmp_path: pathlib.Path) ->
     lines = [str(d) for d in info.value.diagnostics]
     assert lines == [
         f"{path}:1:10: error: unsupported plan version 2; this mountplan reads version 1",
-        f"{path}:2:7: error: invalid plan name 'a b': use letters, digits, '_', '.' and '-', "
-        "starting with a letter or digit (at most 64)",
+        (
+            f"{path}:2:7: error: invalid plan name 'a b': use letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit (at most 64)"
+        ),
         f"{path}:3:8: error: a plan needs at least one root",
     ]
     assert str(info.value) == "\n".join(lines)
@@ -184,13 +195,17 @@ def test_mount_limit_accepts_max_and_rejects_one_more() -> None:
     assert len(plan.mounts) == MAX_MOUNTS
     plan, diagnostics = check(head + "".join(row.format(i) for i in range(MAX_MOUNTS + 1)), filename="b")
     assert plan is None
-    assert [str(d) for d in diagnostics] == [f"b:4:1: error: plan has {MAX_MOUNTS + 1} mounts; the limit is 10000"]
+    assert [str(d) for d in diagnostics] == [
+        f"b:4:1: error: plan has {MAX_MOUNTS + 1} mounts; the limit is 10000"
+    ]
 
 
 def test_diagnostics_are_sorted_by_line_then_column() -> None:
     """Diagnostics from all stages come out ordered by position."""
-    text = "version: 1\nname: p\nroots: {r: {}}\nmounts:\n  - {name: a, target: /a, type: tmpfs, atrs: []}\n" \
+    text = (
+        "version: 1\nname: p\nroots: {r: {}}\nmounts:\n  - {name: a, target: /a, type: tmpfs, atrs: []}\n"
         "  - {name: a, target: b, type: tmpfs, attrs: [nosiud]}\n"
+    )
     _, diagnostics = check(text, filename="p")
     positions = [(d.line, d.col) for d in diagnostics]
     assert positions == sorted(positions) and len(positions) == 4

@@ -54,14 +54,38 @@ def test_mutated_valid_plans_give_diagnostics(plan: bytes, data: st.DataObject) 
 
 
 _json = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8),
-              st.sampled_from(["tmpfs", "ro", "/x", "..", "input", "bind", "type"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.text(max_size=8),
+        st.sampled_from(["tmpfs", "ro", "/x", "..", "input", "bind", "type"]),
+    ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
         st.dictionaries(
-            st.sampled_from(["version", "name", "roots", "mounts", "defaults", "target", "type", "bind",
-                             "attrs", "after", "root", "path", "options", "mountpoint", "mode", "x"]),
-            inner, max_size=5,
+            st.sampled_from(
+                [
+                    "version",
+                    "name",
+                    "roots",
+                    "mounts",
+                    "defaults",
+                    "target",
+                    "type",
+                    "bind",
+                    "attrs",
+                    "after",
+                    "root",
+                    "path",
+                    "options",
+                    "mountpoint",
+                    "mode",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
         ),
     ),
     max_leaves=30,

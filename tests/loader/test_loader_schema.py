@@ -67,7 +67,10 @@ def test_schemas_dir_is_a_relative_symlink_to_the_packaged_schema() -> None:
 def run_check_jsonschema(*files: pathlib.Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(CHECK_JSONSCHEMA), "--schemafile", str(SCHEMA_LINK), *map(str, files)],
-        capture_output=True, text=True, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
 
 
@@ -78,9 +81,18 @@ def test_check_jsonschema_accepts_every_example_plan() -> None:
 
 
 SCHEMA_INVALID = [
-    "unknown-mount-key", "unknown-attribute", "type-and-bind", "neither-type-nor-bind", "version-2",
-    "absolute-target", "climbing-target", "mountpoint-mode-int", "options-on-bind", "roots-empty",
-    "propagation-unknown", "mountpoint-create-yes",
+    "unknown-mount-key",
+    "unknown-attribute",
+    "type-and-bind",
+    "neither-type-nor-bind",
+    "version-2",
+    "absolute-target",
+    "climbing-target",
+    "mountpoint-mode-int",
+    "options-on-bind",
+    "roots-empty",
+    "propagation-unknown",
+    "mountpoint-create-yes",
 ]
 
 
@@ -95,7 +107,9 @@ def test_check_jsonschema_rejects_what_check_rejects(name: str) -> None:
 
 
 _names = st.sampled_from(["tmp", "proc", "a", "-x", "", 3, None])
-_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2), st.text(max_size=4), st.floats(allow_nan=False))
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 2), st.text(max_size=4), st.floats(allow_nan=False)
+)
 _mounts = st.fixed_dictionaries(
     {"name": _names, "target": st.sampled_from(["tmp", "/tmp", "a/../..", "", ".", 1])},
     optional={
@@ -110,18 +124,25 @@ _mounts = st.fixed_dictionaries(
         "root": _names,
         "source": st.sampled_from(["s", "", 1]),
         "options": st.one_of(
-            st.dictionaries(st.sampled_from(["size", "a=b", "lowerdir+", ""]),
-                            st.one_of(_values, st.lists(_values, max_size=2))),
+            st.dictionaries(
+                st.sampled_from(["size", "a=b", "lowerdir+", ""]),
+                st.one_of(_values, st.lists(_values, max_size=2)),
+            ),
             _values,
         ),
-        "attrs": st.one_of(st.lists(st.sampled_from(["ro", "nosuid", "nosiud", "noatime", 1]), max_size=3), _values),
+        "attrs": st.one_of(
+            st.lists(st.sampled_from(["ro", "nosuid", "nosiud", "noatime", 1]), max_size=3), _values
+        ),
         "inherit_attrs": _values,
         "propagation": st.sampled_from(["private", "shared", "x", None]),
         "mountpoint": st.one_of(
             st.fixed_dictionaries(
                 {},
-                optional={"create": _values, "kind": st.sampled_from(["file", "dir"]),
-                          "mode": st.sampled_from(["0755", "1777", "999", 493])},
+                optional={
+                    "create": _values,
+                    "kind": st.sampled_from(["file", "dir"]),
+                    "mode": st.sampled_from(["0755", "1777", "999", 493]),
+                },
             ),
             _values,
         ),
