@@ -1,0 +1,432 @@
+"""Run one command inside an applied plan: apply, run, always destroy, relay the exit status.
+
+``run(plan, roots, argv)`` is what ``mountplan run`` does. The command's exit
+status comes back shell style: its own code, or 128+N when signal N killed it;
+126 when it cannot be executed and 127 when it does not exist.
+
+``chroot`` names where the command's ``/`` is: an absolute path, or the *name*
+of one of the plan's roots (no leading ``/``), which also works for a root given
+as an fd. The chroot happens in the child between fork and exec, after the
+plan is applied, so the command sees the plan's mounts at ``/proc``, ``/tmp``...
+
+``unshare=True`` does everything in a fresh private mount namespace and a new
+pid namespace (plus user, net and ipc namespaces when not root): the mounts are
+never visible to the caller, the command sees only its own processes in
+``/proc``, anything it leaves running is killed before destroy, and if
+mountplan itself dies the namespace and every mount in it die too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mountplan._kernel import AtFlag, Propagation, _libc, mount_setattr
+from mountplan.engine import Engine
+from mountplan.engine.executor import root_paths
+from mountplan.errors import ExecutionError, RootError
+from mountplan.model import Plan
+
+__all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "FORWARDED_SIGNALS", "run"]
+
+log = structlog.wrap_logger(logging.getLogger("mountplan"))
+
+#: Shell conventions (POSIX ``sh``): the command exists but cannot be executed.
+EXIT_CANNOT_EXECUTE = 126
+#: Shell conventions: the command was not found.
+EXIT_NOT_FOUND = 127
+#: Signals mountplan catches while the command runs, forwards to it, then destroys.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+_AT_FDCWD = -100
+
+_Handler = Callable[[int, types.FrameType | None], Any] | int | signal.Handlers | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """What to execute and where, fixed before any fork."""
+
+    argv: tuple[str, ...]
+    chroot: str | None
+    cwd: str | None
+    env: Mapping[str, str] | None
+
+
+class _Relay:
+    """Signal handlers that forward to the current child and remember what arrived.
+
+    The handler never raises: a signal must not interrupt apply or destroy halfway,
+    it only decides that the command stops (or never starts) and destroy runs.
+    """
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.received: list[int] = []
+        self._saved: dict[int, _Handler] = {}
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        self.received.append(signum)
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def attach(self, pid: int) -> None:
+        """Forward to ``pid`` from now on, including anything that arrived during the fork."""
+        self.pid = pid
+        for signum in self.received:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def original(self, signum: int) -> _Handler:
+        """The disposition the caller had before ``installed``."""
+        return self._saved.get(signum, signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Relay]:
+        # signal.signal only works in the main thread; an embedding worker thread
+        # keeps its process's handlers and gets no forwarding.
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in FORWARDED_SIGNALS:
+            self._saved[int(sig)] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in self._saved.items():
+                signal.signal(signum, handler)
+            self._saved.clear()
+
+
+def run(
+    plan: Plan,
+    roots: Mapping[str, str | int] | None,
+    argv: Sequence[str],
+    *,
+    unshare: bool = False,
+    chroot: str | None = None,
+    cwd: str | None = None,
+    state_dir: str | None = None,
+    lock_timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Apply ``plan``, run ``argv``, destroy the plan whatever happened; return the exit status.
+
+    ``roots`` maps root names to directories or caller-owned directory fds.
+    ``chroot`` is an absolute path, or the name of a plan root, that becomes the
+    command's ``/``; ``cwd`` is then a path inside it (default ``/``). ``env``
+    replaces the environment (default: inherited); ``PATH`` in it is searched
+    inside the chroot.
+
+    SIGINT, SIGTERM and SIGHUP sent to mountplan are forwarded to the command;
+    destroy runs once it has exited. A signal that arrives before the command
+    starts means it never starts: the result is 128+N after destroy.
+
+    Raises :class:`~mountplan.errors.RootError` for a missing root or chroot
+    directory, :class:`~mountplan.errors.ExecutionError` when apply or destroy
+    fails or the command cannot be set up (chroot, working directory), and the
+    other :class:`~mountplan.errors.MountplanError` types as ``apply`` does.
+    A command that does not exist gives 127 and one cannot execute gives 126,
+    each with one line on stderr.
+    """
+    if not argv:
+        raise ExecutionError("run: no command given")
+    if chroot is not None and not chroot.startswith("/"):
+        # Checked before anything is mounted: a typo must not cost an apply.
+        names = {r.name for r in plan.roots}
+        if chroot not in names:
+            raise RootError(
+                f"chroot {chroot!r}: not an absolute path and the plan has no root of that name "
+                f"(it has {', '.join(sorted(names)) or 'none'})"
+            )
+    command = _Command(tuple(argv), chroot, cwd, dict(env) if env is not None else None)
+    engine = Engine(state_dir=state_dir, lock_timeout=lock_timeout)
+    relay = _Relay()
+    with relay.installed():
+        if unshare:
+            return _run_unshared(plan, roots, command, engine, relay)
+        return _run_here(plan, roots, command, engine, relay, pid_one=False)
+
+
+# --------------------------------------------------------------------------- in this namespace
+
+
+def _run_here(
+    plan: Plan,
+    roots: Mapping[str, str | int] | None,
+    command: _Command,
+    engine: Engine,
+    relay: _Relay,
+    *,
+    pid_one: bool,
+) -> int:
+    rlog = log.bind(plan=plan.name, command=command.argv[0])
+    engine.apply(plan, roots)
+    try:
+        if relay.received:
+            rlog.warning("run.cancelled", signal=signal.Signals(relay.received[0]).name)
+            return 128 + relay.received[0]
+        chroot_fd, owned = _open_chroot(plan, roots, command.chroot)
+        try:
+            pid, failed = _spawn(command, chroot_fd, relay)
+        finally:
+            if owned:
+                os.close(chroot_fd)
+        if failed is not None:
+            return failed
+        rlog.info("run.started", pid=pid, chroot=command.chroot)
+        _, status = os.waitpid(pid, 0)
+        relay.pid = None
+        if pid_one:
+            # As pid 1 of our own pid namespace we can stop whatever the command
+            # left behind (a daemonised helper holding a cwd would make destroy EBUSY).
+            _kill_remaining()
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        rlog.info("run.exited", status=code, signals=[signal.Signals(s).name for s in relay.received])
+        return code
+    finally:
+        engine.destroy(plan, roots)
+
+
+def _open_chroot(plan: Plan, roots: Mapping[str, str | int] | None, chroot: str | None) -> tuple[int, bool]:
+    """An fd of the chroot directory (-1 for none) and whether we must close it."""
+    if chroot is None:
+        return -1, False
+    if chroot.startswith("/"):
+        where: str | int | None = chroot
+    else:
+        where = root_paths(plan, roots).get(chroot)
+        if where is None:
+            raise RootError(f"chroot {chroot!r}: the root was not given (use --root {chroot}=DIR)")
+    if isinstance(where, int):
+        return where, False
+    assert where is not None
+    try:
+        return os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), True
+    except OSError as exc:
+        raise RootError(f"chroot {chroot!r}: cannot open {where!r}: {exc.strerror}") from exc
+
+
+def _spawn(command: _Command, chroot_fd: int, relay: _Relay) -> tuple[int, int | None]:
+    """Fork and exec the command: its pid, and 126/127 when exec failed (already reaped).
+
+    Raises ExecutionError when the chroot or working directory failed.
+
+    A child that fails before exec reports ``stage errno`` through a close-on-exec
+    pipe, so the parent learns exactly what failed; a clean exec closes the pipe.
+    """
+    read_fd, write_fd = os.pipe()
+    dispositions = {int(s): relay.original(s) for s in FORWARDED_SIGNALS}
+    # Blocked across the fork so no forwarded signal lands in the child while it
+    # still runs our Python handler; the child unblocks after resetting them.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns to Python code paths we measure
+            os.close(read_fd)
+            _exec_child(command, chroot_fd, write_fd, dispositions, old_mask)
+        relay.pid = pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    relay.attach(pid)
+    os.close(write_fd)
+    try:
+        report = b""
+        while chunk := os.read(read_fd, 512):
+            report += chunk
+    finally:
+        os.close(read_fd)
+    if not report:
+        return pid, None
+    os.waitpid(pid, 0)
+    relay.pid = None
+    stage, _, number = report.decode().partition(" ")
+    err = int(number or errno.EIO)
+    reason = os.strerror(err)
+    name = command.argv[0]
+    if stage == "exec":
+        code = EXIT_NOT_FOUND if err in {errno.ENOENT, errno.ENOTDIR} else EXIT_CANNOT_EXECUTE
+        problem = "command not found" if code == EXIT_NOT_FOUND else f"cannot execute: {reason}"
+        sys.stderr.write(f"mountplan: {name}: {problem}\n")
+        return pid, code
+    where = command.chroot if stage == "chroot" else (command.cwd or "/")
+    raise ExecutionError(f"run {name!r}: cannot {stage} to {where!r}: {errno.errorcode.get(err, err)} ({reason})")
+
+
+def _exec_child(
+    command: _Command, chroot_fd: int, write_fd: int, dispositions: Mapping[int, _Handler], mask: Any
+) -> None:
+    stage = "setup"
+    try:
+        for signum, handler in dispositions.items():
+            signal.signal(signum, signal.SIG_IGN if handler == signal.SIG_IGN else signal.SIG_DFL)
+        # Python ignores SIGPIPE and SIGXFSZ itself; the command must get the defaults.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if chroot_fd >= 0:
+            stage = "chroot"
+            os.fchdir(chroot_fd)
+            os.chroot(".")
+        if chroot_fd >= 0 or command.cwd is not None:
+            stage = "chdir"
+            os.chdir(command.cwd or "/")
+        stage = "exec"
+        if command.env is None:
+            os.execvp(command.argv[0], command.argv)
+        else:
+            os.execvpe(command.argv[0], command.argv, command.env)
+    except OSError as exc:
+        _write_all(write_fd, f"{stage} {exc.errno or errno.EIO}".encode())
+    except BaseException:  # noqa: BLE001 - the child must reach _exit whatever happened
+        _write_all(write_fd, f"{stage} {errno.EIO}".encode())
+    os._exit(EXIT_NOT_FOUND)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _kill_remaining() -> None:
+    """Kill every other process in our pid namespace and reap it (we are its pid 1)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+# --------------------------------------------------------------------------- unshared
+
+
+def _run_unshared(
+    plan: Plan, roots: Mapping[str, str | int] | None, command: _Command, engine: Engine, relay: _Relay
+) -> int:
+    """Fork a helper that enters fresh namespaces and runs everything as pid 1 there.
+
+    The helper's report (the status, or the exception) comes back through a pipe;
+    when it dies without one, its namespaces took every mount with them.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked helper
+        os.close(read_fd)
+        _unshared_helper(plan, roots, command, engine, relay, write_fd)
+    relay.attach(pid)
+    os.close(write_fd)
+    data = b""
+    try:
+        while chunk := os.read(read_fd, 1 << 16):
+            data += chunk
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+        relay.pid = None
+    if not data:
+        raise ExecutionError(
+            f"run {command.argv[0]!r}: the namespace helper died without a report (wait status {status:#x}); "
+            "its mounts died with its namespace, `mountplan recover` tidies the state it left"
+        )
+    kind, value, text = pickle.loads(data)
+    if kind == "ok":
+        return int(value)
+    if isinstance(value, BaseException):
+        raise value
+    raise ExecutionError(f"run {command.argv[0]!r} failed in its namespace:\n{text}")
+
+
+def _unshared_helper(
+    plan: Plan,
+    roots: Mapping[str, str | int] | None,
+    command: _Command,
+    engine: Engine,
+    relay: _Relay,
+    write_fd: int,
+) -> None:
+    code = 1
+    try:
+        relay.pid = None
+        _enter_namespaces()
+        pid = os.fork()
+        if pid == 0:  # pid 1 of the new pid namespace; the inherited handlers keep forwarding
+            _report(write_fd, lambda: _run_here(plan, roots, command, engine, relay, pid_one=True))
+        relay.attach(pid)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+    except BaseException:  # noqa: BLE001 - relayed to the caller
+        _send(write_fd, ("error", None, traceback.format_exc()))
+    finally:
+        os._exit(code & 0xFF)
+
+
+def _report(write_fd: int, func: Callable[[], int]) -> None:
+    try:
+        try:
+            _send(write_fd, ("ok", func(), ""))
+        except BaseException as exc:  # noqa: BLE001 - relayed to the caller
+            _send(write_fd, ("error", exc, traceback.format_exc()))
+    finally:
+        os._exit(0)
+
+
+def _send(fd: int, payload: tuple[str, Any, str]) -> None:
+    try:
+        data = pickle.dumps(payload)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its text
+        data = pickle.dumps(("error", None, f"{payload[1]!r}\n{payload[2]}"))
+    _write_all(fd, data)
+
+
+def _unshare(flags: int) -> None:
+    if _libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
+
+
+def _enter_namespaces() -> None:
+    """Enter new mount and pid namespaces (and user/net/ipc ones when not root); make / private."""
+    entered = False
+    if os.geteuid() == 0:
+        try:
+            _unshare(_CLONE_NEWNS | _CLONE_NEWPID)
+            entered = True
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    if not entered:
+        # Unprivileged: a user namespace makes us root over new mount and pid
+        # namespaces; the kernel then wants net and ipc namespaces we own too
+        # before it lets us mount sysfs and mqueue.
+        uid, gid = os.geteuid(), os.getegid()
+        _unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC)
+        for path, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{path}", "w") as f:
+                f.write(text)
+    # Nothing mounted in here may propagate back to the caller's namespace.
+    mount_setattr(_AT_FDCWD, "/", AtFlag.RECURSIVE, propagation=Propagation.PRIVATE)
