@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import _plans
 import pytest
 
 from mountplan.compiler import CompiledPlan, compile_apply
@@ -15,8 +16,6 @@ from mountplan.engine.backend import FaultInjector, KernelBackend
 from mountplan.engine.state import StateStore
 from mountplan.errors import ExecutionError
 from mountplan.model import Plan
-
-import _plans
 
 pytestmark = pytest.mark.mountns
 

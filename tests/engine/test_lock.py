@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _plans
 import pytest
 
 from mountplan.engine import Engine
@@ -15,8 +16,6 @@ from mountplan.engine.backend import KernelBackend
 from mountplan.engine.state import StateStore
 from mountplan.errors import LockError
 from mountplan.testing import mount_table_snapshot
-
-import _plans
 
 pytestmark = pytest.mark.mountns
 
@@ -32,7 +31,7 @@ def _fork(body: Callable[[int], None]) -> tuple[int, int]:
         try:
             os.close(read_fd)
             body(write_fd)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any failure becomes the exit code the parent checks
             code = 1
         finally:
             os._exit(code)
