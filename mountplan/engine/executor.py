@@ -135,6 +135,7 @@ class _Undo:
     dev: int = 0
     ino: int = 0
     mount: str = ""
+    recursive: bool = False  # a recursive bind: its cloned submounts go with a detach
 
     def describe(self) -> str:
         if self.op == "mount":
@@ -399,6 +400,7 @@ class Engine:
                         unique=handles.unique,
                         fingerprint=fingerprint(spec),
                         created=handles.created,
+                        recursive=spec.bind is not None and spec.bind.recursive,
                     )
                 )
                 mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
@@ -477,10 +479,14 @@ class Engine:
             h.mnt_id, h.unique = ids.mnt_id, ids.unique
             # Journal first: if we are killed right after move_mount, recovery
             # finds this unique id at the target and knows the mount is ours.
+            recursive = spec.bind is not None and spec.bind.recursive
             seq = store.journal_write(
-                {"op": "mount", "mount": spec.name, "root": spec.root, "path": spec.target, "mnt_id": ids.mnt_id}
+                {"op": "mount", "mount": spec.name, "root": spec.root, "path": spec.target, "mnt_id": ids.mnt_id,
+                 "recursive": recursive}
             )
-            undo.append(_Undo(seq, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, mount=spec.name))
+            undo.append(
+                _Undo(seq, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, mount=spec.name, recursive=recursive)
+            )
             k.move_mount(
                 h.mnt.fileno(),
                 "",
@@ -612,7 +618,7 @@ class Engine:
                 return  # never attached (or already gone): nothing of ours is there
             parent, name = resolve_parent(k, root, item.path)
             try:
-                self._umount(parent, name, item.mnt_id, f"{root.name}:{item.path}", recursive_ok=True)
+                self._umount(parent, name, item.mnt_id, root, item.path, recursive=item.recursive)
             finally:
                 parent.close()
             return
@@ -638,34 +644,52 @@ class Engine:
         finally:
             parent.close()
 
-    def _umount(self, parent: Fd, name: str, mnt_id: int, shown: str, *, recursive_ok: bool) -> None:
+    def _umount(self, parent: Fd, name: str, mnt_id: int, root: RootHandle, target: str, *, recursive: bool) -> None:
+        shown = f"{root.name}:{target}"
         try:
             self.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW, shown=shown)
         except KernelError as exc:
             if exc.errno != errno.EBUSY:
                 raise
-            holders = find_holders(mnt_id)
-            if self.lazy or (recursive_ok and not holders):
-                # No process holds it: what keeps it busy is the subtree a
+            point = f"{root.identity.path.rstrip('/')}/{target}"
+            # Holders of the mount itself *and* of anything mounted beneath it:
+            # detaching a mount takes its children with it.
+            subtree = [m for m in read_live_table().beneath(point) if m.mnt_id is not None]
+            ids = {mnt_id} | {m.mnt_id for m in subtree if m.mnt_id is not None}
+            holders = [h for i in sorted(ids) for h in find_holders(i, point if i == mnt_id else None)]
+            if self.lazy or (recursive and not holders):
+                # No process holds the tree: what keeps it busy is the subtree a
                 # recursive bind cloned along with it, which goes with a detach.
                 self.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW | UmountFlag.DETACH, shown=shown)
                 return
             raise BusyError(
                 f"cannot unmount {shown}: {exc}"
-                + (f"; held by {'; '.join(holders)}" if holders else "")
+                + (f"; held by {'; '.join(holders)}" if holders else "; a mount beneath it is in use")
                 + "; stop them or use --lazy to detach",
                 holders=holders,
             ) from exc
 
     def _rollback(self, undo: list[_Undo], rootset: RootSet, store: StateStore, plog: Any) -> list[str]:
-        leftovers: list[str] = []
+        failed: list[tuple[_Undo, Exception]] = []
         for item in reversed(undo):
             try:
                 self._undo_one(item, rootset[item.root])
                 store.journal_write({"op": "undone", "ref": item.seq})
             except Exception as exc:  # carry on: report every leftover, not just the first
-                leftovers.append(f"{item.describe()}: {exc}")
-                plog.warning("rollback.failed", item=item.describe(), error=str(exc))
+                failed.append((item, exc))
+        # A directory the kernel filled (overlay makes <workdir>/work) may sit on a
+        # mount this rollback has since removed: retry once, now that it may be gone.
+        leftovers: list[str] = []
+        for item, exc in failed:
+            if item.op != "mount":
+                try:
+                    self._undo_one(item, rootset[item.root])
+                    store.journal_write({"op": "undone", "ref": item.seq})
+                    continue
+                except Exception as again:
+                    exc = again
+            leftovers.append(f"{item.describe()}: {exc}")
+            plog.warning("rollback.failed", item=item.describe(), error=str(exc))
         return leftovers
 
     def _recover_store(self, store: StateStore, *, raise_on_leftovers: bool = True) -> tuple[list[str], list[str]]:
@@ -688,6 +712,7 @@ class Engine:
                 items[int(e["seq"])] = _Undo(
                     int(e["seq"]), str(op), str(e["root"]), str(e["path"]),
                     mnt_id=int(e.get("mnt_id", 0)), mount=str(e.get("mount", "")),
+                    recursive=bool(e.get("recursive", False)),
                 )
             elif op == "created" and int(e["ref"]) in items:
                 items[int(e["ref"])].dev, items[int(e["ref"])].ino = int(e["dev"]), int(e["ino"])
@@ -732,7 +757,8 @@ class Engine:
         store.journal_open({k: v for k, v in (header or {}).items() if k not in {"op", "seq"}})
         for item in sorted(items, key=lambda i: i.seq):
             seq = store.journal_write(
-                {"op": item.op, "mount": item.mount, "root": item.root, "path": item.path, "mnt_id": item.mnt_id}
+                {"op": item.op, "mount": item.mount, "root": item.root, "path": item.path, "mnt_id": item.mnt_id,
+                 "recursive": item.recursive}
             )
             if item.ino:
                 store.journal_write({"op": "created", "ref": seq, "dev": item.dev, "ino": item.ino})
@@ -747,7 +773,7 @@ class Engine:
             return False
         parent, name = resolve_parent(self.backend, root, managed.target)
         try:
-            self._umount(parent, name, managed.mnt_id, f"{root.name}:{managed.target}", recursive_ok=True)
+            self._umount(parent, name, managed.mnt_id, root, managed.target, recursive=managed.recursive)
         finally:
             parent.close()
         plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")

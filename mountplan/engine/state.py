@@ -62,6 +62,7 @@ class ManagedMount:
     unique: bool
     fingerprint: str
     created: list[dict[str, Any]] = field(default_factory=list)
+    recursive: bool = False  # a recursive bind (detaching takes its cloned submounts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class ManagedMount:
             "unique": self.unique,
             "fingerprint": self.fingerprint,
             "created": self.created,
+            "recursive": self.recursive,
         }
 
     @classmethod
@@ -84,6 +86,7 @@ class ManagedMount:
             unique=bool(data.get("unique", True)),
             fingerprint=str(data.get("fingerprint", "")),
             created=list(data.get("created", [])),
+            recursive=bool(data.get("recursive", False)),
         )
 
 

@@ -173,14 +173,6 @@ def test_rollback_blocked_by_busy_mount_is_finished_by_recover(root_dir: str, tm
     assert not os.path.exists(store.journal_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: _umount (executor.py) treats EBUSY with no holders of the mount itself as 'busy only "
-        "because of cloned submounts' and MNT_DETACHes it, even when a planned child mount is held by a "
-        "process; the held child is detached with it while ExecutionError.leftovers still lists it"
-    ),
-)
 def test_rollback_leftovers_match_what_is_still_mounted_when_a_nested_mount_is_held(
     root_dir: str, tmp_path: Path
 ) -> None:

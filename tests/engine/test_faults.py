@@ -143,7 +143,7 @@ _OVERLAY_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_OVERLAY_BUG)
+
 def test_rollback_after_overlay_superblock_creation(root_dir: str, tmp_path: Path) -> None:
     """A fault right after the overlay's superblock exists (its fsmount) rolls back with no leftovers."""
     host, state_dir = _setup(tmp_path, root_dir)
@@ -152,7 +152,7 @@ def test_rollback_after_overlay_superblock_creation(root_dir: str, tmp_path: Pat
     _sweep(plan, root_dir, host, state_dir, [_overlay_create_index(trace) + 1])
 
 
-@pytest.mark.xfail(strict=True, reason=_OVERLAY_BUG)
+
 def test_rollback_after_overlay_mount(root_dir: str, tmp_path: Path) -> None:
     """A fault in the overlay's last step (set_propagation, after move_mount) rolls back with no leftovers."""
     host, state_dir = _setup(tmp_path, root_dir)
