@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import signal
-import sys
 import threading
 import traceback
 import types
@@ -268,7 +267,9 @@ def _spawn(command: _Command, chroot_fd: int, relay: _Relay) -> tuple[int, int |
     if stage == "exec":
         code = EXIT_NOT_FOUND if err in {errno.ENOENT, errno.ENOTDIR} else EXIT_CANNOT_EXECUTE
         problem = "command not found" if code == EXIT_NOT_FOUND else f"cannot execute: {reason}"
-        sys.stderr.write(f"mountplan: {name}: {problem}\n")
+        # fd 2, not sys.stderr: the line belongs where the command's own errors would go.
+        with contextlib.suppress(OSError):
+            _write_all(2, f"mountplan: {name}: {problem}\n".encode())
         return pid, code
     where = command.chroot if stage == "chroot" else (command.cwd or "/")
     raise ExecutionError(f"run {name!r}: cannot {stage} to {where!r}: {errno.errorcode.get(err, err)} ({reason})")
