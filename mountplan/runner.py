@@ -294,15 +294,35 @@ def _exec_child(
             stage = "chdir"
             os.chdir(command.cwd or "/")
         stage = "exec"
-        if command.env is None:
-            os.execvp(command.argv[0], command.argv)
-        else:
-            os.execvpe(command.argv[0], command.argv, command.env)
+        _execvpe(command.argv, command.env if command.env is not None else os.environ)
     except OSError as exc:
         _write_all(write_fd, f"{stage} {exc.errno or errno.EIO}".encode())
     except BaseException:  # noqa: BLE001 - the child must reach _exit whatever happened
         _write_all(write_fd, f"{stage} {errno.EIO}".encode())
     os._exit(EXIT_NOT_FOUND)
+
+
+def _execvpe(argv: tuple[str, ...], env: Mapping[str, str]) -> None:
+    """execvp as a shell does it: an unsearchable PATH entry means "not there", not EACCES.
+
+    os.execvpe reports the first EACCES it meets, so a PATH entry such as an
+    unreadable /root/bin would turn "command not found" (127) into 126.
+    """
+    name = argv[0]
+    if "/" in name:
+        os.execve(name, argv, env)
+    first: OSError | None = None
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        try:
+            os.execve(candidate, argv, env)
+        except OSError as exc:
+            if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+                continue
+            if exc.errno == errno.EACCES and not os.path.lexists(candidate):
+                continue
+            first = first or exc
+    raise first or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
 def _write_all(fd: int, data: bytes) -> None:
