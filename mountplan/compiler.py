@@ -108,7 +108,7 @@ class CompiledPlan:
     """The step graph plus its deterministic order."""
 
     plan: Plan
-    graph: nx.DiGraph = field(compare=False)
+    graph: nx.DiGraph[str] = field(compare=False)
     steps: tuple[Step, ...]
     mount_order: tuple[str, ...]
     edges: tuple[Edge, ...]
@@ -205,7 +205,7 @@ def mount_order(plan: Plan) -> tuple[tuple[str, ...], tuple[Edge, ...]]:
         if edge.before == edge.after:
             raise CompileError(f"mount {edge.before!r} depends on itself: {edge.reason}")
         edges.setdefault((edge.before, edge.after), edge)
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     index = {m.name: i for i, m in enumerate(plan.mounts)}
     graph.add_nodes_from(index)
     graph.add_edges_from(edges)
@@ -216,7 +216,7 @@ def mount_order(plan: Plan) -> tuple[tuple[str, ...], tuple[Edge, ...]]:
     return order, tuple(edges[k] for k in sorted(edges, key=lambda k: (index[k[0]], index[k[1]])))
 
 
-def _describe_cycle(graph: nx.DiGraph, edges: dict[tuple[str, str], Edge]) -> str:
+def _describe_cycle(graph: nx.DiGraph[str], edges: dict[tuple[str, str], Edge]) -> str:
     cycle = min(
         (c for c in nx.simple_cycles(graph)),
         key=lambda c: (len(c), sorted(c)),
@@ -323,7 +323,7 @@ def _assemble(
     roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts})]
     # Nodes are step ids; the Step objects live in CompiledPlan.steps/by_id.
     # networkx's per-node attribute merge would cost ~0.5 s for 90,000 steps.
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(r.id for r in roots)
     links: list[tuple[str, str]] = []
     for m in plan.mounts:

@@ -251,10 +251,10 @@ def render(changes: ChangeSet) -> str:
         if c.reason:
             head += f"  # {c.reason}"
         lines.append(head)
-        for f in c.fields:
-            lines.append(f"      {f.field}: {f.live} -> {f.planned}")
-    for f in changes.foreign:
-        lines.append(f"  ! foreign mount at {f.mount_point} ({f.fs_type} {f.source}) near {f.near!r}: left alone")
+        for field_change in c.fields:
+            lines.append(f"      {field_change.field}: {field_change.live} -> {field_change.planned}")
+    for other in changes.foreign:
+        lines.append(f"  ! foreign mount at {other.mount_point} ({other.fs_type} {other.source}) near {other.near!r}: left alone")
     lines.append("")
     lines.append(changes.summary())
     return "\n".join(lines) + "\n"

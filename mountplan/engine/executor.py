@@ -675,21 +675,22 @@ class Engine:
             try:
                 self._undo_one(item, rootset[item.root])
                 store.journal_write({"op": "undone", "ref": item.seq})
-            except Exception as exc:  # carry on: report every leftover, not just the first
-                failed.append((item, exc))
+            except Exception as first:  # carry on: report every leftover, not just the first
+                failed.append((item, first))
         # A directory the kernel filled (overlay makes <workdir>/work) may sit on a
         # mount this rollback has since removed: retry once, now that it may be gone.
         leftovers: list[str] = []
-        for item, exc in failed:
+        for item, error in failed:
+            reason: Exception = error
             if item.op != "mount":
                 try:
                     self._undo_one(item, rootset[item.root])
                     store.journal_write({"op": "undone", "ref": item.seq})
                     continue
                 except Exception as again:
-                    exc = again
-            leftovers.append(f"{item.describe()}: {exc}")
-            plog.warning("rollback.failed", item=item.describe(), error=str(exc))
+                    reason = again
+            leftovers.append(f"{item.describe()}: {reason}")
+            plog.warning("rollback.failed", item=item.describe(), error=str(reason))
         return leftovers
 
     def _recover_store(self, store: StateStore, *, raise_on_leftovers: bool = True) -> tuple[list[str], list[str]]:
