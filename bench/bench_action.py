@@ -1,0 +1,129 @@
+"""Per-action cost of plans/build-action.yaml: apply+destroy in process, via the CLI, and runner.run.
+
+Runs inside a private mount namespace it makes itself: as root it re-executes
+under ``unshare -m --propagation private``; otherwise it uses
+mountplan.testing.run_in_sandbox (user namespaces). Nothing reaches the host.
+
+    .venv/bin/python bench/bench_action.py [--api N] [--cli N] [--run N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mountplan
+from mountplan import runner
+from mountplan.engine import Engine
+from mountplan.testing import is_privileged, run_in_sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN_PATH = REPO / "plans" / "build-action.yaml"
+MARKER = "MOUNTPLAN_BENCH_IN_NAMESPACE"
+
+
+def _summary(label: str, seconds: list[float]) -> str:
+    ms = sorted(s * 1000 for s in seconds)
+    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) > 1 else ms[0]
+    return f"{label:<44} n={len(ms):<4} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms"
+
+
+def _timed(func: Callable[[], object], n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _input_root(base: str) -> str:
+    root = os.path.join(base, "input")
+    os.makedirs(os.path.join(root, "toolchain", "bin"))
+    Path(root, "toolchain", "bin", "cc").write_text("#!/bin/sh\n")
+    return root
+
+
+def _bench(api_n: int, cli_n: int, run_n: int) -> list[str]:
+    plan = mountplan.load(PLAN_PATH)
+    base = tempfile.mkdtemp(prefix="bench_action.")
+    try:
+        root = _input_root(base)
+        state = os.path.join(base, "state")
+        roots = {"input": root}
+        lines = [
+            (
+                f"kernel {os.uname().release}, python {sys.version.split()[0]}, "
+                f"{'root' if is_privileged() else 'unprivileged (user namespace)'}, "
+                f"plan build-action ({len(plan.mounts)} mounts)"
+            )
+        ]
+
+        engine = Engine(state_dir=state)
+        applies: list[float] = []
+        destroys: list[float] = []
+        for _ in range(api_n):
+            t0 = time.perf_counter()
+            engine.apply(plan, roots)
+            t1 = time.perf_counter()
+            engine.destroy(plan, roots)
+            t2 = time.perf_counter()
+            applies.append(t1 - t0)
+            destroys.append(t2 - t1)
+        lines.append(_summary("API apply", applies))
+        lines.append(_summary("API destroy", destroys))
+        lines.append(_summary("API apply+destroy", [a + d for a, d in zip(applies, destroys, strict=True)]))
+
+        cli = [sys.executable, "-m", "mountplan"]
+        common = [str(PLAN_PATH), "--root", f"input={root}", "--state-dir", state, "-q"]
+        cli_apply: list[float] = []
+        cli_destroy: list[float] = []
+        for _ in range(cli_n):
+            cli_apply += _timed(lambda: subprocess.run([*cli, "apply", *common], check=True, stdout=subprocess.DEVNULL), 1)
+            cli_destroy += _timed(
+                lambda: subprocess.run([*cli, "destroy", *common], check=True, stdout=subprocess.DEVNULL), 1
+            )
+        lines.append(_summary("CLI `mountplan apply` process", cli_apply))
+        lines.append(_summary("CLI `mountplan destroy` process", cli_destroy))
+        lines.append(_summary("CLI apply+destroy", [a + d for a, d in zip(cli_apply, cli_destroy, strict=True)]))
+
+        for unshare in (False, True):
+            label = f"runner.run /bin/true ({'unshare' if unshare else 'in place'})"
+            times = _timed(
+                lambda u=unshare: runner.run(plan, roots, ["/bin/true"], unshare=u, state_dir=state), run_n  # type: ignore[misc]
+            )
+            lines.append(_summary(label, times))
+        return lines
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", type=int, default=200, help="in-process apply+destroy iterations")
+    parser.add_argument("--cli", type=int, default=30, help="CLI apply+destroy iterations")
+    parser.add_argument("--run", type=int, default=50, help="runner.run iterations per mode")
+    args = parser.parse_args()
+    if is_privileged() and os.environ.get(MARKER) is None:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            sys.exit("bench_action: needs unshare(1) from util-linux when run as root")
+        env = {**os.environ, MARKER: "1"}
+        os.execve(unshare, [unshare, "-m", "--propagation", "private", sys.executable, *sys.argv], env)
+    if os.environ.get(MARKER):
+        lines = _bench(args.api, args.cli, args.run)
+    else:
+        lines = run_in_sandbox(_bench, args.api, args.cli, args.run, timeout=3600)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
