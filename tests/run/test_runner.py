@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mountplan
 from mountplan import runner
+from mountplan.engine import Engine
 from mountplan.testing import mount_table_snapshot
 
 pytestmark = pytest.mark.mountns
@@ -193,14 +195,14 @@ def test_signal_before_command_starts_skips_it(
 ) -> None:
     """A SIGTERM that arrives during apply means the command never starts: 143, destroyed."""
     before = mount_table_snapshot()
-    real_apply = runner.Engine.apply
+    real_apply = Engine.apply
 
-    def apply_then_signal(self: runner.Engine, *args: object, **kwargs: object) -> object:
-        result = real_apply(self, *args, **kwargs)  # type: ignore[arg-type]
+    def apply_then_signal(self: Engine, *args: Any, **kwargs: Any) -> object:
+        result = real_apply(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(runner.Engine, "apply", apply_then_signal)
+    monkeypatch.setattr(Engine, "apply", apply_then_signal)
     marker = tmp_path / "ran"
     code = runner.run(small_plan, {"input": root_dir}, ["/bin/touch", str(marker)], state_dir=state_dir)
     assert code == 128 + signal.SIGTERM
