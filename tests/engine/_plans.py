@@ -107,7 +107,7 @@ def tmpfs_plan(count: int, name: str = "bench", *, fanout: int = 0) -> Plan:
 
 
 def kill_plan_yaml(host_dir: str, name: str = "killme") -> str:
-    """A 36-mount YAML plan (tmpfs, nested tmpfs, binds) for the SIGKILL tests."""
+    """A 36-mount YAML plan (tmpfs, nested tmpfs, host and root-relative binds) for the SIGKILL tests."""
     lines = ["version: 1", f"name: {name}", "roots:", "  r: {}", "mounts:"]
 
     def add(text: str) -> None:
