@@ -75,7 +75,7 @@ def all_kinds_plan(host_dir: str, name: str = "faults", *, overlay: bool = True)
         parent = "many" if i < 8 else f"many/m{i - 8:02d}"
         mounts.append(tmpfs(f"m{i:02d}", f"{parent}/m{i:02d}", Option("size", f"{i + 1}m"), attrs=attrs))
     if overlay:
-        # Last in run order: see test_faults.test_rollback_after_overlay_mount for why it matters.
+        # Last in run order, so a fault in almost any call finds the overlay not yet made.
         mounts += [
             tmpfs("ovl", "ovl", Option("size", "4m")),
             MountSpec(

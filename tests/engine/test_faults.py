@@ -95,7 +95,7 @@ def _sweep(plan: Plan, root_dir: str, host: str, state_dir: str, indices: range 
 
 
 def test_every_fault_rolls_back(root_dir: str, tmp_path: Path) -> None:
-    """Failing any one backend call of a 32-mount apply (every kind but overlay) undoes everything.
+    """Failing any one backend call of a 34-mount apply of every kind undoes everything.
 
     For each call index i of a clean run, fail call i: ExecutionError names the
     step that made the call (in ``.step`` and its text), nothing is left over,
@@ -103,7 +103,7 @@ def test_every_fault_rolls_back(root_dir: str, tmp_path: Path) -> None:
     the state dir, and this process's open fds are exactly as before.
     """
     host, state_dir = _setup(tmp_path, root_dir)
-    plan = _plans.all_kinds_plan(host, overlay=False)
+    plan = _plans.all_kinds_plan(host)
     assert len(plan.mounts) >= 30
     n_calls = len(_trace_clean_apply(plan, compile_apply(plan), root_dir, state_dir))
     counts = _sweep(plan, root_dir, host, state_dir, range(1, n_calls + 1))
@@ -111,58 +111,12 @@ def test_every_fault_rolls_back(root_dir: str, tmp_path: Path) -> None:
     # Every kind of call the engine makes in apply was failed at least once.
     assert set(counts) >= {
         "fsopen", "fsconfig_set_string", "fsconfig_create", "fsmount", "open_tree",
-        "mount_setattr", "move_mount", "openat2", "mkdirat", "statx_mount_ids",
+        "mount_setattr", "move_mount", "openat2", "mkdirat", "statx_mount_ids", "fsconfig_set_fd",
     }, counts
 
 
-def _overlay_create_index(trace: list[tuple[str, str]]) -> int:
-    """1-based index of the overlay's fsconfig_create: the kernel populates workdir there."""
-    return next(i for i, (name, step) in enumerate(trace, 1) if name == "fsconfig_create" and step.startswith("merged#"))
-
-
-def test_every_fault_in_overlay_chain_up_to_superblock_creation_rolls_back(root_dir: str, tmp_path: Path) -> None:
-    """With an overlay last (two lowerdir+ layers beneath the root, one inside a planned tmpfs; upper
-    and work made inside a planned tmpfs), a fault in any call of its chain, and of the chain of the
-    tmpfs holding upper/work, up to its fsconfig_create undoes everything.
-
-    Faults after that call are test_rollback_after_overlay_superblock_creation (an engine bug).
-    """
-    host, state_dir = _setup(tmp_path, root_dir)
-    plan = _plans.all_kinds_plan(host)
-    trace = _trace_clean_apply(plan, compile_apply(plan), root_dir, state_dir)
-    # Everything before the overlay's chains is the plan of the test above.
-    first = min(i for i, (_, step) in enumerate(trace, 1) if step.startswith(("ovl#", "merged#")))
-    counts = _sweep(plan, root_dir, host, state_dir, range(first, _overlay_create_index(trace) + 1))
-    assert counts["fsconfig_set_fd"] == 4 and counts["mkdirat"] == 3 and counts["fsconfig_create"] == 2, counts
-
-
-_OVERLAY_BUG = (
-    "engine bug: overlay's fsconfig_create makes <workdir>/work; rollback then rmdirs the workdir "
-    "mountplan created, gets ENOTEMPTY and reports a leftover (and keeps the journal) although the "
-    "planned tmpfs holding it is unmounted right after (executor.py _undo_one/_rollback)"
-)
-
-
-
-def test_rollback_after_overlay_superblock_creation(root_dir: str, tmp_path: Path) -> None:
-    """A fault right after the overlay's superblock exists (its fsmount) rolls back with no leftovers."""
-    host, state_dir = _setup(tmp_path, root_dir)
-    plan = _plans.all_kinds_plan(host)
-    trace = _trace_clean_apply(plan, compile_apply(plan), root_dir, state_dir)
-    _sweep(plan, root_dir, host, state_dir, [_overlay_create_index(trace) + 1])
-
-
-
-def test_rollback_after_overlay_mount(root_dir: str, tmp_path: Path) -> None:
-    """A fault in the overlay's last step (set_propagation, after move_mount) rolls back with no leftovers."""
-    host, state_dir = _setup(tmp_path, root_dir)
-    plan = _plans.all_kinds_plan(host)
-    trace = _trace_clean_apply(plan, compile_apply(plan), root_dir, state_dir)
-    _sweep(plan, root_dir, host, state_dir, [len(trace)])
-
-
 def test_fault_in_second_apply_keeps_the_first(root_dir: str, tmp_path: Path) -> None:
-    """A failed apply of an added mount rolls back only its own changes; the committed mounts stay."""
+    """A failed apply of added mounts rolls back only its own changes; the committed mounts stay."""
     host, state_dir = _setup(tmp_path, root_dir)
     small = _plans.all_kinds_plan(host, overlay=False)
     first = Plan(name=small.name, roots=small.roots, mounts=small.mounts[:5])
