@@ -180,17 +180,33 @@ def _run_here(
     pid_one: bool,
 ) -> int:
     rlog = log.bind(plan=plan.name, command=command.argv[0])
+    # Opened before apply: a missing chroot fails before anything is mounted, and
+    # the fd still sees the mounts made beneath it later.
+    chroot_fd, owned = _open_chroot(plan, roots, command.chroot)
+    try:
+        return _apply_run_destroy(plan, roots, command, engine, relay, chroot_fd, rlog, pid_one=pid_one)
+    finally:
+        if owned:
+            os.close(chroot_fd)
+
+
+def _apply_run_destroy(
+    plan: Plan,
+    roots: Mapping[str, str | int] | None,
+    command: _Command,
+    engine: Engine,
+    relay: _Relay,
+    chroot_fd: int,
+    rlog: Any,
+    *,
+    pid_one: bool,
+) -> int:
     engine.apply(plan, roots)
     try:
         if relay.received:
             rlog.warning("run.cancelled", signal=signal.Signals(relay.received[0]).name)
             return 128 + relay.received[0]
-        chroot_fd, owned = _open_chroot(plan, roots, command.chroot)
-        try:
-            pid, failed = _spawn(command, chroot_fd, relay)
-        finally:
-            if owned:
-                os.close(chroot_fd)
+        pid, failed = _spawn(command, chroot_fd, relay)
         if failed is not None:
             return failed
         rlog.info("run.started", pid=pid, chroot=command.chroot)

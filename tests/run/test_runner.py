@@ -209,3 +209,14 @@ def test_signal_before_command_starts_skips_it(
     assert not marker.exists()
     assert mount_table_snapshot() == before
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_missing_chroot_directory_is_refused_before_mounting(
+    small_plan: mountplan.Plan, root_dir: str, state_dir: str, tmp_path: Path
+) -> None:
+    """A chroot path that does not exist raises RootError and mounts nothing."""
+    before = mount_table_snapshot()
+    with pytest.raises(mountplan.RootError, match="cannot open"):
+        runner.run(small_plan, {"input": root_dir}, ["/bin/true"], chroot=str(tmp_path / "gone"), state_dir=state_dir)
+    assert mount_table_snapshot() == before
+    assert os.listdir(root_dir) == []
