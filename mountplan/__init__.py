@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from mountplan.api import applied, apply, compile, destroy, load, recover
+from typing import TYPE_CHECKING, Any
+
 from mountplan.errors import (
     BusyError,
     CompileError,
@@ -25,6 +26,22 @@ from mountplan.errors import (
 from mountplan.model import Plan
 
 __version__ = "0.1.0"
+
+_API = frozenset({"applied", "apply", "compile", "destroy", "load", "recover"})
+
+
+def __getattr__(name: str) -> Any:
+    # The API pulls in networkx (~150 ms); load it on first use so that
+    # `mountplan --help` and error paths start fast.
+    if name in _API:
+        from mountplan import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mountplan' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from mountplan.api import applied, apply, compile, destroy, load, recover
 
 __all__ = [
     "BusyError",

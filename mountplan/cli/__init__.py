@@ -25,6 +25,11 @@ from typing import Any
 
 from mountplan.errors import MountplanError, PlanError, RootError
 
+class UsageError(MountplanError):
+    """A command line that parses but makes no sense."""
+
+    exit_code = 2
+
 from . import logs
 
 EXIT_OK = 0
@@ -184,6 +189,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from mountplan import runner
+
+    command = list(args.argv)
+    if not command:
+        raise UsageError("mountplan run: give the command after --, e.g. mountplan run PLAN -- make test")
+    # Once the command has started, the exit status is the command's own.
+    return runner.run(
+        _load(args.plan),
+        _roots(args),
+        command,
+        unshare=args.unshare,
+        chroot=args.chroot,
+        cwd=args.cwd,
+        state_dir=args.state_dir,
+        lock_timeout=args.lock_timeout,
+    )
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from mountplan.compiler import compile_apply, compile_destroy, render_dot, render_mermaid
 
@@ -232,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
 
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", parents=[common], help="check plan files, report every problem")
     p.add_argument("plans", nargs="+", metavar="PLAN")
@@ -263,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lazy", action="store_true", help="detach busy mounts (MNT_DETACH) instead of failing")
     p.set_defaults(func=cmd_destroy)
 
+    p = sub.add_parser(
+        "run", parents=[common, run], help="apply, run a command, always destroy; exit with the command's status"
+    )
+    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("--unshare", action="store_true", help="all in a fresh private mount + pid namespace")
+    p.add_argument("--chroot", metavar="ROOT|/PATH", help="chroot the command into a plan root (by name) or a path")
+    p.add_argument("--cwd", metavar="DIR", help="working directory of the command (inside the chroot)")
+    p.epilog = "The command follows `--`: mountplan run PLAN --root input=DIR -- make test"
+    p.set_defaults(func=cmd_run, argv=[])
+
     p = sub.add_parser("recover", parents=[common, run], help="undo what interrupted runs left behind")
     p.set_defaults(func=cmd_recover)
 
@@ -283,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `run` takes its command after `--`; split it off before argparse sees it,
+    # so options after PLAN still belong to mountplan.
+    command: list[str] = []
+    if argv and argv[0] == "run" and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if args.subcommand == "run":
+        args.argv = command
     verbosity = -1 if args.quiet else args.verbose
     logs.configure(verbosity, args.log_format)
     try:

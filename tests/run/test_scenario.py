@@ -77,7 +77,6 @@ def test_build_action_through_api(build_action: mountplan.Plan, userland: str, s
     assert_action_ran_and_cleaned(userland, code, before)
 
 
-@pytest.mark.xfail(strict=True, reason="mountplan run not wired yet")
 def test_build_action_through_cli(userland: str, state_dir: str) -> None:
     """`mountplan run PLAN --root input=DIR --chroot input -- CMD...` relays the action's status."""
     before = mount_table_snapshot()
