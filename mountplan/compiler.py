@@ -167,15 +167,17 @@ def _nesting_edges(mounts: tuple[MountSpec, ...]) -> Iterator[Edge]:
 
 def _source_edges(mounts: tuple[MountSpec, ...]) -> Iterator[Edge]:
     """A bind or overlay source inside another planned mount comes after it."""
-    targets: dict[str, list[MountSpec]] = {}
-    for m in mounts:
-        targets.setdefault(m.root, []).append(m)
+    targets: dict[tuple[str, str], MountSpec] = {(m.root, m.target): m for m in mounts}
     for m in mounts:
         for ref in m.source_refs():
             if ref.root is None:
                 continue
-            for other in targets.get(ref.root, ()):
-                if other.name != m.name and _covers(other.target, ref.path):
+            # Every planned target covering the source is the path or one of its
+            # ancestors: look those up instead of scanning every target.
+            parts = ref.path.split("/")
+            for depth in range(len(parts), 0, -1):
+                other = targets.get((ref.root, "/".join(parts[:depth])))
+                if other is not None and other.name != m.name:
                     yield Edge(other.name, m.name, f"{m.name}'s source {ref.render()} lies inside {other.name}")
 
 

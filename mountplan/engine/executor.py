@@ -61,7 +61,14 @@ from .state import ManagedMount, State, StateStore, default_state_dir, instance_
 # Events go through a stdlib logger that nobody configures but the CLI: an
 # embedding program sees only warnings (stdlib's last-resort handler) until it
 # sets up logging itself. The library never configures structlog.
-log = structlog.wrap_logger(logging.getLogger("mountplan"))
+_stdlib_log = logging.getLogger("mountplan")
+log = structlog.wrap_logger(_stdlib_log)
+
+
+def _enabled(level: int) -> bool:
+    # structlog renders an event before stdlib drops it; per-step events would
+    # cost more than the syscalls they describe, so check the level first.
+    return _stdlib_log.isEnabledFor(level)
 
 AT_FDCWD = -100
 
@@ -337,11 +344,12 @@ class Engine:
         updated: list[str] = []
         todo: list[str] = []
         by_name = {c.mount: c for c in changes.changes}
+        specs = {m.name: m for m in plan.mounts}
         for foreign in changes.foreign:
             plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
         for name in compiled.mount_order:
             change = by_name[name]
-            spec = plan.mount(name)
+            spec = specs[name]
             managed = state.managed(name)
             if change.action is Action.NOOP:
                 unchanged.append(name)
@@ -383,10 +391,10 @@ class Engine:
         current: Step | None = None
         try:
             for name in todo:
-                spec = plan.mount(name)
+                spec = specs[name]
                 handles = _Handles()
                 all_handles.append(handles)
-                mlog = plog.bind(mount=name)
+                mlog = plog.bind(mount=name) if _enabled(logging.DEBUG) else plog
                 for step in compiled.chain(name):
                     current = step
                     self._run_step(step, spec, rootset[spec.root], handles, store, undo, mlog)
@@ -403,7 +411,8 @@ class Engine:
                         recursive=spec.bind is not None and spec.bind.recursive,
                     )
                 )
-                mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
+                if _enabled(logging.INFO):
+                    mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
         except BaseException as exc:
             self._tx = None
             for handles in all_handles:
@@ -442,7 +451,8 @@ class Engine:
     ) -> None:
         k = self.backend
         kind = step.kind
-        mlog.debug("step", step=step.id, kind=kind.value)
+        if _enabled(logging.DEBUG):
+            mlog.debug("step", step=step.id, kind=kind.value)
         if kind is StepKind.FSOPEN:
             assert spec.fs_type is not None
             h.fs = k.fsopen(spec.fs_type)
@@ -615,6 +625,12 @@ class Engine:
         k = self.backend
         if item.op == "mount":
             if not self.mount_is_ours(root, item.path, item.mnt_id):
+                if read_live_table().by_id(item.mnt_id) is not None:
+                    # Still in the namespace, but something else is mounted on
+                    # top: it is not ours to remove, and ours must not be forgotten.
+                    raise ExecutionError(
+                        f"mount {item.mount!r} at {root.name}:{item.path} is hidden under a mount mountplan did not make"
+                    )
                 return  # never attached (or already gone): nothing of ours is there
             parent, name = resolve_parent(k, root, item.path)
             try:
@@ -777,7 +793,8 @@ class Engine:
             self._umount(parent, name, managed.mnt_id, root, managed.target, recursive=managed.recursive)
         finally:
             parent.close()
-        plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")
+        if _enabled(logging.INFO):
+            plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")
         return True
 
     def _remove_created(self, managed: ManagedMount, root: RootHandle) -> None:
@@ -809,7 +826,9 @@ class Engine:
                 else:
                     gone.append(managed.name)
                 self._remove_created(managed, root)
-                state.mounts.remove(managed)
+                # Walking from the end, the mount just removed is always the last.
+                assert state.mounts[-1] is managed
+                state.mounts.pop()
         except MountplanError as exc:
             store.save(state)
             if isinstance(exc, BusyError):

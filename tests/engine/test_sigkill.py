@@ -251,14 +251,6 @@ def test_recover_leaves_a_foreign_mount_on_a_target_it_journaled(root_dir: str, 
     assert (after.table, after.files) == (before.table, before.files), _plans.diff(before, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: recovery's _undo_one (executor.py) returns silently when the mount at a journaled "
-        "target is not ours, so a mountplan mount hidden under a foreign over-mount is reported as "
-        "'undone', dropped from the journal, and never unmounted by a later recover"
-    ),
-)
 def test_recover_after_foreign_overmount_eventually_removes_our_hidden_mount(root_dir: str, tmp_path: Path) -> None:
     """Killed right after a move_mount; someone then mounts on top of our mount. recover must not unmount
     the foreign mount, must not claim ours undone, and once the foreign mount is gone a second recover
