@@ -8,6 +8,7 @@ happen to coincide.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 
 
@@ -132,6 +133,15 @@ def flag_names(value: enum.IntFlag | int, kind: type[enum.IntFlag] | None = None
     """Render a flag set as ``A|B`` (or ``0``); unknown bits are shown in hex."""
     if kind is not None and not isinstance(value, kind):
         value = kind(value)
+    # Errors for expected misses (ENOENT probes) render flags on every call.
+    if not isinstance(value, enum.IntFlag):
+        return hex(value) if value else "0"
+    return _flag_names(type(value), int(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _flag_names(kind: type[enum.IntFlag], raw: int) -> str:
+    value = kind(raw)
     if not int(value):
         return "0"
     if not isinstance(value, enum.IntFlag):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -91,6 +92,7 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=16384)
 def fingerprint(spec: MountSpec) -> str:
     """Identity of a mount's definition; a change means the mount must be replaced.
 
