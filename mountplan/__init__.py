@@ -27,7 +27,7 @@ from mountplan.model import Plan
 
 __version__ = "0.1.0"
 
-_API = frozenset({"applied", "apply", "compile", "destroy", "load", "recover"})
+_API = frozenset({"applied", "apply", "compile", "destroy", "diff", "load", "plan", "recover"})
 
 
 def __getattr__(name: str) -> Any:
@@ -41,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from mountplan.api import applied, apply, compile, destroy, load, recover
+    from mountplan.api import applied, apply, compile, destroy, diff, load, plan, recover
 
 __all__ = [
     "BusyError",
@@ -60,6 +60,8 @@ __all__ = [
     "apply",
     "compile",
     "destroy",
+    "diff",
     "load",
+    "plan",
     "recover",
 ]

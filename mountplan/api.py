@@ -13,10 +13,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
+from mountplan.diff import ChangeSet
 from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
 from mountplan.model import Plan
 
-__all__ = ["applied", "apply", "compile", "destroy", "load", "recover"]
+__all__ = ["applied", "apply", "compile", "destroy", "diff", "load", "plan", "recover"]
 
 PlanLike = Plan | str | os.PathLike[str]
 Roots = Mapping[str, str | int]
@@ -37,6 +38,24 @@ def compile(plan: PlanLike, *, destroy: bool = False) -> CompiledPlan:  # noqa: 
     """The ordered step graph for applying (or destroying) a plan."""
     p = _plan(plan)
     return compile_destroy(p) if destroy else compile_apply(p)
+
+
+def plan(
+    plan: PlanLike, roots: Roots | None = None, *, state_dir: str | None = None
+) -> ChangeSet:
+    """Dry run: what ``apply`` would change, against the live table and the state. Touches nothing."""
+    return Engine(state_dir=state_dir).plan(_plan(plan), roots)
+
+
+def diff(
+    plan: PlanLike, roots: Roots | None = None, *, state_dir: str | None = None
+) -> ChangeSet:
+    """Drift of the live table from the plan: the same change set ``plan`` computes.
+
+    ``ChangeSet.changes`` with action UPDATE/REPLACE are drifted mounts, with every
+    differing field; ``ChangeSet.foreign`` lists mounts mountplan did not make.
+    """
+    return Engine(state_dir=state_dir).plan(_plan(plan), roots)
 
 
 def apply(

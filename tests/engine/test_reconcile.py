@@ -117,3 +117,18 @@ def test_changed_definition_replaces_and_prune_removes(tmp_path: Path, root_dir:
     assert result.replaced == ("tmp",) and result.pruned == ("extra",)
     assert _live(f"{root_dir}/tmp").fs_type == "ramfs"
     assert not read_live_table().at(f"{root_dir}/extra")
+
+
+def test_public_plan_and_diff_functions(tmp_path: Path, root_dir: str) -> None:
+    """mountplan.plan() shows '+' before apply; mountplan.diff() shows drift field by field after."""
+    import mountplan
+
+    state = str(tmp_path / "s")
+    before = mountplan.plan(_plan(TMP), {"r": root_dir}, state_dir=state)
+    assert [c.action for c in before.changes] == [Action.CREATE]
+    mountplan.apply(_plan(TMP), {"r": root_dir}, state_dir=state)
+    subprocess.run(["mount", "--make-shared", f"{root_dir}/tmp"], check=True)
+    drift = mountplan.diff(_plan(TMP), {"r": root_dir}, state_dir=state)
+    assert [(f.field, f.live, f.planned) for c in drift.changes for f in c.fields] == [
+        ("propagation", "shared", "private")
+    ]
