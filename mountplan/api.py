@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
-from mountplan.diff import ChangeSet
+from mountplan.changes import ChangeSet
 from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
 from mountplan.model import Plan
 

@@ -149,7 +149,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from mountplan.compiler import compile_apply
-    from mountplan.diff import render
+    from mountplan.changes import render
 
     plan = _load(args.plan)
     changes = _engine(args).plan(plan, _roots(args))
@@ -167,7 +167,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from mountplan.diff import Action, render
+    from mountplan.changes import Action, render
 
     plan = _load(args.plan, strict_kernel=False)
     changes = _engine(args).plan(plan, _roots(args))

@@ -38,7 +38,7 @@ from mountplan._kernel import (
     detect,
 )
 from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
-from mountplan.diff import Action, Change, ChangeSet, diff
+from mountplan.changes import Action, Change, ChangeSet, diff
 from mountplan.livetable import read_live_table
 from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, RootError
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec, Plan

@@ -10,7 +10,7 @@ import pytest
 from mountplan._kernel import fsconfig_reconfigure, fsconfig_set_string, fspick
 from mountplan._kernel.constants import MountAttr
 from mountplan._kernel.constants import Propagation as KProp
-from mountplan.diff import Action
+from mountplan.changes import Action
 from mountplan.engine import Engine, FaultInjector
 from mountplan.livetable import LiveMount, read_live_table
 from mountplan.model import Attr, MountSpec, Option, Plan, RootSpec

@@ -1,4 +1,4 @@
-"""Classify every planned mount against the state file and the live mount table.
+"""Change sets: classify every planned mount against the state file and the live mount table.
 
 Pure data in, data out: the diff never calls the kernel. Actions are the glyphs
 ``mountplan plan`` prints, Terraform style:
