@@ -26,6 +26,9 @@ __all__ = ["Action", "Change", "ChangeSet", "FieldChange", "ForeignMount", "diff
 
 FORMAT_VERSION = 1
 
+#: Reason of a CREATE whose earlier mount vanished (drift), unlike a never-applied one.
+GONE = "the mount mountplan made is gone"
+
 #: The attribute bits a plan controls (IDMAP is not plan-controlled).
 _PLANNED_BITS = (
     MountAttr.RDONLY
@@ -113,6 +116,18 @@ class ChangeSet:
     @property
     def has_changes(self) -> bool:
         return any(c.action is not Action.NOOP for c in self.changes)
+
+    @property
+    def has_drift(self) -> bool:
+        """Something mountplan made no longer matches the plan, or a foreign mount is in the way.
+
+        Unlike :attr:`has_changes`, a mount that was simply never applied is not drift.
+        """
+        drifted = {Action.UPDATE, Action.REPLACE}
+        return bool(self.foreign) or any(
+            c.action in drifted or (c.action is Action.CREATE and c.reason == GONE)
+            for c in self.changes
+        )
 
     def summary(self) -> str:
         if not self.has_changes:
@@ -220,7 +235,7 @@ def diff(
             if ours is None or other.mnt_id != ours.mnt_id:
                 foreign.append(ForeignMount(other.mount_point, other.fs_type, other.source, spec.name))
         if ours is None:
-            reason = "not mounted" if entry is None else "the mount mountplan made is gone"
+            reason = "not mounted" if entry is None else GONE
             changes.append(Change(spec.name, spec.root, spec.target, Action.CREATE, reason=reason))
             continue
         assert entry is not None

@@ -15,13 +15,13 @@ import contextlib
 import enum
 import gc
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import networkx as nx
 
 from mountplan.errors import CompileError
-from mountplan.model import MountKind, MountSpec, Plan, SourceRef
+from mountplan.model import MountKind, MountSpec, Plan
 
 __all__ = [
     "CompiledPlan",
@@ -142,10 +142,6 @@ class CompiledPlan:
 
 def _is_beneath(path: str, ancestor: str) -> bool:
     return path.startswith(ancestor + "/")
-
-
-def _covers(ancestor: str, path: str) -> bool:
-    return path == ancestor or _is_beneath(path, ancestor)
 
 
 def _nesting_edges(mounts: tuple[MountSpec, ...]) -> Iterator[Edge]:
@@ -390,8 +386,3 @@ def render_mermaid(compiled: CompiledPlan) -> str:
         lines.append(f'  {_mermaid_id(edge.before, ids)} -->|"{reason}"| {_mermaid_id(edge.after, ids)}')
     return "\n".join(lines) + "\n"
 
-
-def iter_chains(compiled: CompiledPlan) -> Iterable[tuple[str, tuple[Step, ...]]]:
-    """Mounts in run order with their steps."""
-    for name in compiled.mount_order:
-        yield name, compiled.chain(name)

@@ -19,7 +19,6 @@ mountplan itself dies the namespace and every mount in it die too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -34,10 +33,10 @@ from typing import Any
 
 import structlog
 
-from mountplan._kernel import AtFlag, Propagation, _libc, mount_setattr
+from mountplan._kernel.namespaces import enter_private_namespaces
 from mountplan.engine import Engine
 from mountplan.engine.executor import root_paths
-from mountplan.errors import ExecutionError, RootError
+from mountplan.errors import ExecutionError, KernelError, RootError
 from mountplan.model import Plan
 
 __all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "FORWARDED_SIGNALS", "run"]
@@ -51,12 +50,6 @@ EXIT_NOT_FOUND = 127
 #: Signals mountplan catches while the command runs, forwards to it, then destroys.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWIPC = 0x08000000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWPID = 0x20000000
-_CLONE_NEWNET = 0x40000000
-_AT_FDCWD = -100
 
 _Handler = Callable[[int, types.FrameType | None], Any] | int | signal.Handlers | None
 
@@ -440,30 +433,13 @@ def _send(fd: int, payload: tuple[str, Any, str]) -> None:
     _write_all(fd, data)
 
 
-def _unshare(flags: int) -> None:
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
-
-
 def _enter_namespaces() -> None:
-    """Enter new mount and pid namespaces (and user/net/ipc ones when not root); make / private."""
-    entered = False
+    """Fresh mount + pid namespaces; as root without the capability, via a user namespace."""
     if os.geteuid() == 0:
         try:
-            _unshare(_CLONE_NEWNS | _CLONE_NEWPID)
-            entered = True
-        except OSError as exc:
+            enter_private_namespaces(as_root=True)
+            return
+        except KernelError as exc:
             if exc.errno != errno.EPERM:
                 raise
-    if not entered:
-        # Unprivileged: a user namespace makes us root over new mount and pid
-        # namespaces; the kernel then wants net and ipc namespaces we own too
-        # before it lets us mount sysfs and mqueue.
-        uid, gid = os.geteuid(), os.getegid()
-        _unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC)
-        for path, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-            with open(f"/proc/self/{path}", "w") as f:
-                f.write(text)
-    # Nothing mounted in here may propagate back to the caller's namespace.
-    mount_setattr(_AT_FDCWD, "/", AtFlag.RECURSIVE, propagation=Propagation.PRIVATE)
+    enter_private_namespaces(as_root=False)

@@ -13,8 +13,6 @@ Embedding projects can use this to test their own plans the same way.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import pickle
 import select
@@ -23,21 +21,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mountplan._kernel import AtFlag, Propagation, mount_setattr
-from mountplan._kernel import _libc
+from mountplan._kernel.namespaces import enter_private_namespaces
 
 __all__ = ["SandboxError", "is_privileged", "mount_table_snapshot", "run_in_sandbox"]
 
 T = TypeVar("T")
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-
-AT_FDCWD = -100
 
 
 class SandboxError(RuntimeError):
@@ -62,29 +51,9 @@ def mount_table_snapshot() -> list[str]:
         return sorted(f.read().splitlines())
 
 
-def _unshare(flags: int) -> None:
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise SandboxError(f"unshare({flags:#x}) failed: {errno.errorcode.get(err, err)}")
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def enter_namespaces() -> None:
     """Enter fresh namespaces in this process (pid takes effect for children)."""
-    if is_privileged():
-        _unshare(CLONE_NEWNS | CLONE_NEWPID)
-    else:
-        uid, gid = os.geteuid(), os.getegid()
-        _unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC)
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
-    # Nothing we mount may propagate back to the namespace we came from.
-    mount_setattr(AT_FDCWD, "/", AtFlag.RECURSIVE, propagation=Propagation.PRIVATE)
+    enter_private_namespaces(as_root=is_privileged())
 
 
 def _send(fd: int, payload: object) -> None:

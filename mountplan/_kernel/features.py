@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import os
 from dataclasses import dataclass
 
 from mountplan.errors import FeatureMissingError
@@ -71,7 +70,6 @@ class Features:
     """Which syscalls this kernel has, plus facts derived from them."""
 
     present: frozenset[str]
-    proc_fd: bool  # /proc/self/fd is usable, needed by umount_at
 
     def has(self, name: str) -> bool:
         return name in self.present
@@ -87,4 +85,4 @@ class Features:
 def detect() -> Features:
     """Probe the kernel once per process."""
     present = frozenset(name for name in SINCE if _probe(name))
-    return Features(present=present, proc_fd=os.path.isdir("/proc/self/fd"))
+    return Features(present=present)

@@ -87,13 +87,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     failed = False
     for path in args.plans:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            diags = [loader.Diagnostic(path, 1, 1, loader.Severity.ERROR, f"cannot read plan: {exc.strerror}")]
-        else:
-            _, diags = loader.check(data, filename=path, strict_kernel=False)
+        _, diags = loader.check_file(path, strict_kernel=False)
         errors = [d for d in diags if d.severity is loader.Severity.ERROR]
         failed = failed or bool(errors)
         results.append({"file": path, "valid": not errors, "diagnostics": [d.to_json() for d in diags]})
@@ -167,16 +161,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from mountplan.changes import Action, render
+    from mountplan.changes import render
 
     plan = _load(args.plan, strict_kernel=False)
     changes = _engine(args).plan(plan, _roots(args))
-    drifted = [c for c in changes.changes if c.action in {Action.UPDATE, Action.REPLACE} or (c.action is Action.CREATE and c.reason != "not mounted")]
     if args.json:
         _emit(args, changes.to_json(), "")
     else:
         sys.stdout.write(render(changes))
-    return EXIT_CHANGES if drifted or changes.foreign else EXIT_OK
+    return EXIT_CHANGES if changes.has_drift else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

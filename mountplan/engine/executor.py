@@ -11,6 +11,7 @@ its target has the mount id recorded when mountplan made it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import errno
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -769,8 +770,6 @@ class Engine:
 
     @staticmethod
     def _rewrite_journal(store: StateStore, header: dict[str, Any] | None, items: list[_Undo]) -> None:
-        import contextlib
-
         with contextlib.suppress(FileNotFoundError):
             os.unlink(store.journal_path)
         store.journal_open({k: v for k, v in (header or {}).items() if k not in {"op", "seq"}})
@@ -845,6 +844,3 @@ class Engine:
         store.save(state)
         return DestroyResult(plan_name, tuple(removed), tuple(gone))
 
-
-def iter_managed(state: State) -> Iterator[ManagedMount]:
-    yield from state.mounts

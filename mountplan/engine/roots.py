@@ -9,14 +9,13 @@ onto a path string that could be swapped in between.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from mountplan._kernel import Fd, OpenFlag, Resolve
-from mountplan.errors import KernelError, RootError
+from mountplan.errors import RootError
 
 from .backend import Backend
 
@@ -154,12 +153,3 @@ def resolve_parent(backend: Backend, root: RootHandle, path: str) -> tuple[Fd, s
     parent, _, name = path.rpartition("/")
     return resolve(backend, root, parent, O_PATH_DIR), name
 
-
-def exists_beneath(backend: Backend, root: RootHandle, path: str) -> bool:
-    try:
-        resolve(backend, root, path).close()
-    except KernelError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True

@@ -29,6 +29,7 @@ __all__ = [
     "Diagnostic",
     "Severity",
     "check",
+    "check_file",
     "load",
     "load_text",
     "schema",
@@ -98,13 +99,23 @@ def load_text(text: str | bytes, *, filename: str = "<string>", strict_kernel: b
     return plan
 
 
-def load(path: str | os.PathLike[str], *, strict_kernel: bool = True) -> Plan:
-    """Read and load the plan file at ``path``; raise PlanError with every error found."""
+def check_file(
+    path: str | os.PathLike[str], *, strict_kernel: bool = False
+) -> tuple[Plan | None, list[Diagnostic]]:
+    """Like :func:`check` for a file; an unreadable file is a diagnostic at 1:1."""
     filename = os.fspath(path)
     try:
         with open(filename, "rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise PlanError([Diagnostic(filename, 1, 1, Severity.ERROR, f"cannot read plan: {reason}")]) from exc
-    return load_text(data, filename=filename, strict_kernel=strict_kernel)
+        return None, [Diagnostic(filename, 1, 1, Severity.ERROR, f"cannot read plan: {reason}")]
+    return check(data, filename=filename, strict_kernel=strict_kernel)
+
+
+def load(path: str | os.PathLike[str], *, strict_kernel: bool = True) -> Plan:
+    """Read and load the plan file at ``path``; raise PlanError with every error found."""
+    plan, diagnostics = check_file(path, strict_kernel=strict_kernel)
+    if plan is None:
+        raise PlanError(diagnostics)
+    return plan

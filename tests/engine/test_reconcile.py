@@ -126,9 +126,11 @@ def test_public_plan_and_diff_functions(tmp_path: Path, root_dir: str) -> None:
     state = str(tmp_path / "s")
     before = mountplan.plan(_plan(TMP), {"r": root_dir}, state_dir=state)
     assert [c.action for c in before.changes] == [Action.CREATE]
+    assert before.has_changes and not before.has_drift  # never applied is not drift
     mountplan.apply(_plan(TMP), {"r": root_dir}, state_dir=state)
     subprocess.run(["mount", "--make-shared", f"{root_dir}/tmp"], check=True)
     drift = mountplan.diff(_plan(TMP), {"r": root_dir}, state_dir=state)
     assert [(f.field, f.live, f.planned) for c in drift.changes for f in c.fields] == [
         ("propagation", "shared", "private")
     ]
+    assert drift.has_drift
