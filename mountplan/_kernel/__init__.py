@@ -21,7 +21,7 @@ from .constants import (
     UmountFlag,
     flag_names,
 )
-from .fd import Fd
+from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .syscalls import (
     MountIds,
@@ -50,6 +50,7 @@ from .syscalls import (
 
 __all__ = [
     "AtFlag",
+    "BorrowedFd",
     "Fd",
     "Features",
     "FsmountFlag",

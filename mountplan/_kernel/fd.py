@@ -60,3 +60,16 @@ class Fd:
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else str(self._fd)
         return f"Fd({state}{', ' + self.label if self.label else ''})"
+
+
+class BorrowedFd(Fd):
+    """A view of a descriptor someone else owns: ``close()`` only forgets it.
+
+    Lets code that always closes what it resolved be handed a long-lived fd
+    (an open root) without a dup(2) or a second open.
+    """
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self._fd = None

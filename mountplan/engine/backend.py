@@ -42,13 +42,16 @@ class Backend(Protocol):
 
 
 class KernelBackend:
-    """Forwards to :mod:`mountplan._kernel`."""
+    """Forwards to :mod:`mountplan._kernel`.
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in CALLS:
-            raise AttributeError(name)
-        func: Callable[..., Any] = getattr(_kernel, name)
-        return func
+    The wrappers are bound as class attributes (below), not looked up per call:
+    a plan of thousands of mounts makes tens of thousands of calls.
+    """
+
+
+for _name in CALLS:
+    setattr(KernelBackend, _name, staticmethod(getattr(_kernel, _name)))
+del _name
 
 
 class FaultInjector:

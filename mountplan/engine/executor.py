@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,11 @@ def _enabled(level: int) -> bool:
 
 AT_FDCWD = -100
 
+# Flag combinations computed once: IntFlag arithmetic is slow in a per-step path.
+_EMPTY_PATH = AtFlag.EMPTY_PATH
+_EMPTY_PATH_RECURSIVE = AtFlag.EMPTY_PATH | AtFlag.RECURSIVE
+_MOVE_FDS = MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH
+
 #: Attribute bits a plan fully controls on a filesystem mount (cleared when not planned).
 _SETTABLE = (
     MountAttr.RDONLY | MountAttr.NOSUID | MountAttr.NODEV | MountAttr.NOEXEC | MountAttr.NODIRATIME
@@ -81,13 +86,26 @@ _SETTABLE = (
 )
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _canonical(value: Any) -> Any:
+    # Hot for big plans (every mount of every apply): plain scalars first, and
+    # dataclass field names looked up once per class, not per value.
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    names = _FIELD_NAMES.get(cls)
+    if names is not None:
+        return {name: _canonical(getattr(value, name)) for name in names}
     if isinstance(value, frozenset | set):
         return sorted(_canonical(v) for v in value)
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(value))
+        return _canonical(value)
     if isinstance(value, tuple | list):
         return [_canonical(v) for v in value]
     return value
@@ -271,13 +289,17 @@ class Engine:
                 return False
             raise
         try:
+            return self._is_ours_at(parent, name, mnt_id)
+        finally:
+            parent.close()
+
+    def _is_ours_at(self, parent: Fd, name: str, mnt_id: int) -> bool:
+        try:
             ids = self.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)
         except KernelError as exc:
             if exc.errno == errno.ENOENT:
                 return False
             raise
-        finally:
-            parent.close()
         return bool(ids.mnt_id == mnt_id)
 
     # ================================================================== apply
@@ -285,7 +307,8 @@ class Engine:
     def _diff(self, plan: Plan, rootset: RootSet, state: State) -> ChangeSet:
         managed = {m.name: (m.mnt_id, m.root, m.target, m.fingerprint) for m in state.mounts}
         paths = {name: handle.identity.path for name, handle in rootset.items()}
-        prints = {m.name: fingerprint(m) for m in plan.mounts}
+        # Fingerprints only matter for mounts mountplan already made.
+        prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
         return diff(plan, managed, read_live_table(), paths, prints)
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> ChangeSet:
@@ -366,7 +389,6 @@ class Engine:
             if managed is not None:
                 if change.action is Action.REPLACE:
                     self._unmount_managed(managed, rootset[managed.root], plog)
-                    self._remove_created(managed, rootset[managed.root])
                     replaced.append(name)
                 state.mounts.remove(managed)
                 store.save(state)
@@ -376,7 +398,6 @@ class Engine:
                 managed = state.managed(change.mount)
                 if change.action is Action.DELETE and managed is not None:
                     self._unmount_managed(managed, rootset[managed.root], plog)
-                    self._remove_created(managed, rootset[managed.root])
                     state.mounts.remove(managed)
                     store.save(state)
                     pruned.append(change.mount)
@@ -392,15 +413,19 @@ class Engine:
         all_handles: list[_Handles] = []
         made: list[ManagedMount] = []
         current: Step | None = None
+        debug, info = _enabled(logging.DEBUG), _enabled(logging.INFO)
         try:
             for name in todo:
                 spec = specs[name]
                 handles = _Handles()
                 all_handles.append(handles)
-                mlog = plog.bind(mount=name) if _enabled(logging.DEBUG) else plog
+                mlog = plog.bind(mount=name) if debug else plog
+                root = rootset[spec.root]
                 for step in compiled.chain(name):
                     current = step
-                    self._run_step(step, spec, rootset[spec.root], handles, store, undo, mlog)
+                    if debug:
+                        mlog.debug("step", step=step.id, kind=step.kind.value)
+                    self._run_step(step, spec, root, handles, store, undo)
                 handles.close()
                 made.append(
                     ManagedMount(
@@ -414,7 +439,7 @@ class Engine:
                         recursive=spec.bind is not None and spec.bind.recursive,
                     )
                 )
-                if _enabled(logging.INFO):
+                if info:
                     mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
         except BaseException as exc:
             self._tx = None
@@ -450,73 +475,75 @@ class Engine:
         h: _Handles,
         store: StateStore,
         undo: list[_Undo],
-        mlog: Any,
+    ) -> None:
+        handler = _STEP_HANDLERS.get(step.kind)
+        if handler is None:  # pragma: no cover - destroy steps never reach apply
+            raise AssertionError(f"unexpected step {step.kind}")
+        handler(self, step, spec, root, h, store, undo)
+
+    # One method per apply step kind, dispatched through _STEP_HANDLERS (a dict
+    # lookup, not an if-chain: a big plan runs ten steps per mount).
+
+    def _step_fsopen(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        assert spec.fs_type is not None
+        h.fs = self.backend.fsopen(spec.fs_type)
+
+    def _step_fsconfig(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        key, sep, value = step.args[0][1].partition("=")  # args: (("option", "KEY[=VALUE]"),)
+        self._fsconfig(spec, root, h, key, value if sep else None)
+
+    def _step_create(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        assert h.fs is not None
+        self.backend.fsconfig_create(h.fs.fileno())
+
+    def _step_fsmount(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        assert h.fs is not None
+        h.mnt = self.backend.fsmount(h.fs.fileno(), spec.kernel_attrs)
+        h.fs.close()
+
+    def _step_open_tree(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        self._open_tree(spec, root, h)
+
+    def _step_set_attr(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        assert h.mnt is not None and spec.bind is not None
+        attr_set = spec.kernel_attrs
+        attr_clr = MountAttr(0)
+        if Attr.RELATIME in spec.attrs:
+            attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
+        if attr_set or attr_clr:
+            flags = _EMPTY_PATH_RECURSIVE if spec.bind.recursive else _EMPTY_PATH
+            self.backend.mount_setattr(h.mnt.fileno(), "", flags, attr_set, attr_clr)
+
+    def _step_mountpoint(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        self._ensure_mountpoint(spec, root, h)
+
+    def _step_resolve_target(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        if h.target is None:  # else the mkdir step already holds it, resolved the same way
+            h.target = resolve(self.backend, root, spec.target, O_PATH_ANY)
+
+    def _step_move_mount(
+        self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, store: StateStore, undo: list[_Undo]
     ) -> None:
         k = self.backend
-        kind = step.kind
-        if _enabled(logging.DEBUG):
-            mlog.debug("step", step=step.id, kind=kind.value)
-        if kind is StepKind.FSOPEN:
-            assert spec.fs_type is not None
-            h.fs = k.fsopen(spec.fs_type)
-        elif kind is StepKind.FSCONFIG:
-            assert h.fs is not None
-            option = dict(step.args)["option"]
-            key, sep, value = option.partition("=")
-            self._fsconfig(spec, root, h, key, value if sep else None)
-        elif kind is StepKind.CREATE:
-            assert h.fs is not None
-            k.fsconfig_create(h.fs.fileno())
-        elif kind is StepKind.FSMOUNT:
-            assert h.fs is not None
-            h.mnt = k.fsmount(h.fs.fileno(), spec.kernel_attrs)
-            h.fs.close()
-        elif kind is StepKind.OPEN_TREE:
-            self._open_tree(spec, root, h)
-        elif kind is StepKind.SET_ATTR:
-            assert h.mnt is not None and spec.bind is not None
-            attr_set = spec.kernel_attrs
-            attr_clr = MountAttr(0)
-            if Attr.RELATIME in spec.attrs:
-                attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
-            if attr_set or attr_clr:
-                flags = AtFlag.EMPTY_PATH | (AtFlag.RECURSIVE if spec.bind.recursive else AtFlag(0))
-                k.mount_setattr(h.mnt.fileno(), "", flags, attr_set, attr_clr)
-        elif kind is StepKind.ENSURE_MOUNTPOINT:
-            self._ensure_mountpoint(spec, root, h)
-        elif kind is StepKind.RESOLVE_TARGET:
-            h.target = resolve(k, root, spec.target, O_PATH_ANY)
-        elif kind is StepKind.MOVE_MOUNT:
-            assert h.mnt is not None and h.target is not None
-            ids = k.statx_mount_ids(h.mnt.fileno())
-            h.mnt_id, h.unique = ids.mnt_id, ids.unique
-            # Journal first: if we are killed right after move_mount, recovery
-            # finds this unique id at the target and knows the mount is ours.
-            recursive = spec.bind is not None and spec.bind.recursive
-            seq = store.journal_write(
-                {"op": "mount", "mount": spec.name, "root": spec.root, "path": spec.target, "mnt_id": ids.mnt_id,
-                 "recursive": recursive}
-            )
-            undo.append(
-                _Undo(seq, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, mount=spec.name, recursive=recursive)
-            )
-            k.move_mount(
-                h.mnt.fileno(),
-                "",
-                h.target.fileno(),
-                "",
-                MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH,
-                shown_target=f"{spec.root}:{spec.target}",
-            )
-            h.target.close()
-        elif kind is StepKind.SET_PROPAGATION:
-            assert h.mnt is not None
-            recursive = spec.bind is not None and spec.bind.recursive
-            flags = AtFlag.EMPTY_PATH | (AtFlag.RECURSIVE if recursive else AtFlag(0))
-            k.mount_setattr(h.mnt.fileno(), "", flags, propagation=spec.propagation.kernel_value)
-            h.mnt.close()
-        else:  # pragma: no cover - destroy steps never reach apply
-            raise AssertionError(f"unexpected step {kind}")
+        assert h.mnt is not None and h.target is not None
+        ids = k.statx_mount_ids(h.mnt.fileno())
+        h.mnt_id, h.unique = ids.mnt_id, ids.unique
+        # Journal first: if we are killed right after move_mount, recovery
+        # finds this unique id at the target and knows the mount is ours.
+        recursive = spec.bind is not None and spec.bind.recursive
+        seq = store.journal_write(
+            {"op": "mount", "mount": spec.name, "root": spec.root, "path": spec.target, "mnt_id": ids.mnt_id,
+             "recursive": recursive}
+        )
+        undo.append(_Undo(seq, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, mount=spec.name, recursive=recursive))
+        k.move_mount(h.mnt.fileno(), "", h.target.fileno(), "", _MOVE_FDS, shown_target=f"{spec.root}:{spec.target}")
+        h.target.close()
+
+    def _step_propagation(self, step: Step, spec: MountSpec, root: RootHandle, h: _Handles, *_: Any) -> None:
+        assert h.mnt is not None
+        flags = _EMPTY_PATH_RECURSIVE if spec.bind is not None and spec.bind.recursive else _EMPTY_PATH
+        self.backend.mount_setattr(h.mnt.fileno(), "", flags, propagation=spec.propagation.kernel_value)
+        h.mnt.close()
 
     def _fsconfig(self, spec: MountSpec, root: RootHandle, h: _Handles, key: str, value: str | None) -> None:
         k = self.backend
@@ -528,7 +555,7 @@ class Engine:
             # A layer inside the root is pinned with openat2 like any target and
             # handed over as an fd: no path string is ever re-walked.
             if key in {"upperdir", "workdir"}:
-                self._make_path(spec, root, value, h, want_file=False, mode=0o755)
+                self._make_path(spec, root, value, h, want_file=False, mode=0o755).close()
             layer = k.openat2(
                 root.fileno(), value, OpenFlag.RDONLY | OpenFlag.DIRECTORY | OpenFlag.CLOEXEC, BENEATH,
                 shown=f"{root.name}:{value}",
@@ -563,7 +590,11 @@ class Engine:
         want_file = spec.mountpoint.kind is MountpointKind.FILE or (
             spec.mountpoint.kind is None and spec.kind is MountKind.BIND and h.source_is_file
         )
-        self._make_path(spec, root, spec.target, h, want_file=want_file, mode=spec.mountpoint.mode, create=spec.mountpoint.create)
+        # The fd that proves the mountpoint exists is the resolved target: keep
+        # it for move_mount rather than resolving the same path a second time.
+        h.target = self._make_path(
+            spec, root, spec.target, h, want_file=want_file, mode=spec.mountpoint.mode, create=spec.mountpoint.create
+        )
 
     def _make_path(
         self,
@@ -575,56 +606,86 @@ class Engine:
         want_file: bool,
         mode: int,
         create: bool = True,
-    ) -> None:
-        """Create missing components of ``path`` beneath ``root``, journaling each one."""
+    ) -> Fd:
+        """Create missing components of ``path`` beneath ``root``, journaling each one.
+
+        Returns an O_PATH fd of ``path``, resolved beneath the root.
+        """
         k = self.backend
+        parent_path, _, last = path.rpartition("/")
+        # Common case first: the parent exists (a target right under its root or
+        # under an earlier mount), so one openat2 probes and at most one mkdir follows.
         try:
-            resolve(k, root, path, O_PATH_ANY).close()
-            return
+            parent = resolve(k, root, parent_path, O_PATH_DIR)
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT or not create:
+                raise
+            return self._make_walk(spec, root, path, h, want_file=want_file, mode=mode)
+        try:
+            return self._make_one(
+                spec, root, parent.fileno(), last, path, h, last=True, want_file=want_file, mode=mode, create=create
+            )
+        finally:
+            parent.close()
+
+    def _make_walk(self, spec: MountSpec, root: RootHandle, path: str, h: _Handles, *, want_file: bool, mode: int) -> Fd:
+        """Walk ``path`` from the root one component at a time, creating what is missing."""
+        parts = path.split("/")
+        cur = resolve(self.backend, root, "", O_PATH_DIR)
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                nxt = self._make_one(
+                    spec, root, cur.fileno(), part, "/".join(parts[: i + 1]), h,
+                    last=last, want_file=want_file, mode=mode, create=True,
+                )
+                cur.close()
+                cur = nxt
+        except BaseException:
+            cur.close()
+            raise
+        return cur
+
+    def _make_one(
+        self, spec: MountSpec, root: RootHandle, dirfd: int, part: str, sub: str, h: _Handles,
+        *, last: bool, want_file: bool, mode: int, create: bool,
+    ) -> Fd:
+        """Open ``part`` in ``dirfd`` (beneath it, no symlinks), creating it first if missing."""
+        k = self.backend
+        shown = f"{root.name}:{sub}"
+        flags = O_PATH_ANY if last else O_PATH_DIR
+        try:
+            return k.openat2(dirfd, part, flags, BENEATH, shown=shown)  # type: ignore[no-any-return]
         except KernelError as exc:
             if exc.errno != errno.ENOENT or not create:
                 raise
         assert self._tx is not None
         store, undo = self._tx
-        parts = path.split("/")
-        cur = resolve(k, root, "", O_PATH_DIR)
-        try:
-            for i, part in enumerate(parts):
-                sub = "/".join(parts[: i + 1])
-                last = i == len(parts) - 1
-                flags = O_PATH_ANY if last else O_PATH_DIR
-                try:
-                    nxt = k.openat2(cur.fileno(), part, flags, BENEATH, shown=f"{root.name}:{sub}")
-                except KernelError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
-                    op = "mkfile" if last and want_file else "mkdir"
-                    seq = store.journal_write({"op": op, "mount": spec.name, "root": root.name, "path": sub})
-                    if op == "mkdir":
-                        k.mkdirat(cur.fileno(), part, mode if last else 0o755, shown=f"{root.name}:{sub}")
-                    else:
-                        self._mkfile(cur, part, mode, f"{root.name}:{sub}")
-                    st = os.stat(part, dir_fd=cur.fileno(), follow_symlinks=False)
-                    undo.append(_Undo(seq, op, root.name, sub, dev=st.st_dev, ino=st.st_ino, mount=spec.name))
-                    store.journal_write({"op": "created", "ref": seq, "dev": st.st_dev, "ino": st.st_ino})
-                    h.created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino})
-                    nxt = k.openat2(cur.fileno(), part, flags, BENEATH, shown=f"{root.name}:{sub}")
-                cur.close()
-                cur = nxt
-        finally:
-            cur.close()
+        op = "mkfile" if last and want_file else "mkdir"
+        # Journal before creating: a crash in between leaves a line whose path
+        # does not exist, which recovery skips; never an unrecorded directory.
+        seq = store.journal_write({"op": op, "mount": spec.name, "root": root.name, "path": sub})
+        if op == "mkdir":
+            k.mkdirat(dirfd, part, mode if last else 0o755, shown=shown)
+        else:
+            self._mkfile(dirfd, part, mode, shown)
+        st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+        undo.append(_Undo(seq, op, root.name, sub, dev=st.st_dev, ino=st.st_ino, mount=spec.name))
+        store.journal_write({"op": "created", "ref": seq, "dev": st.st_dev, "ino": st.st_ino})
+        h.created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino})
+        return k.openat2(dirfd, part, flags, BENEATH, shown=shown)  # type: ignore[no-any-return]
 
     @staticmethod
-    def _mkfile(parent: Fd, name: str, mode: int, shown: str) -> None:
+    def _mkfile(dirfd: int, name: str, mode: int, shown: str) -> None:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666, dir_fd=parent.fileno())
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666, dir_fd=dirfd)
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_CREAT|O_EXCL") from None
         os.close(fd)
 
     # ================================================================== undo
 
-    def _undo_one(self, item: _Undo, root: RootHandle) -> None:
+    def _undo_one(self, item: _Undo, root: RootHandle, at: tuple[Fd, str] | None = None) -> None:
         k = self.backend
         if item.op == "mount":
             if not self.mount_is_ours(root, item.path, item.mnt_id):
@@ -641,12 +702,15 @@ class Engine:
             finally:
                 parent.close()
             return
-        try:
-            parent, name = resolve_parent(k, root, item.path)
-        except KernelError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            raise
+        if at is not None:
+            parent, name = at
+        else:
+            try:
+                parent, name = resolve_parent(k, root, item.path)
+            except KernelError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise
         try:
             try:
                 st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
@@ -661,7 +725,8 @@ class Engine:
         except OSError as exc:
             raise KernelError(exc.errno or errno.EIO, "rmdir" if item.op == "mkdir" else "unlink", paths=[f"{root.name}:{item.path}"]) from None
         finally:
-            parent.close()
+            if at is None:
+                parent.close()
 
     def _umount(self, parent: Fd, name: str, mnt_id: int, root: RootHandle, target: str, *, recursive: bool) -> None:
         shown = f"{root.name}:{target}"
@@ -785,24 +850,41 @@ class Engine:
     # ================================================================== destroy
 
     def _unmount_managed(self, managed: ManagedMount, root: RootHandle, plog: Any) -> bool:
-        """Unmount a managed mount if it is still ours; False when it was already gone."""
-        if not self.mount_is_ours(root, managed.target, managed.mnt_id):
-            plog.warning("destroy.gone", mount=managed.name, target=managed.target)
-            return False
-        parent, name = resolve_parent(self.backend, root, managed.target)
+        """Unmount a managed mount if it is still ours and remove the mountpoints made for it.
+
+        False when the mount was already gone. One parent fd serves the id check,
+        the unmount and the rmdir of the mountpoint.
+        """
         try:
-            self._umount(parent, name, managed.mnt_id, root, managed.target, recursive=managed.recursive)
+            parent, name = resolve_parent(self.backend, root, managed.target)
+        except KernelError as exc:
+            if exc.errno not in {errno.ENOENT, errno.ENOTDIR}:
+                raise
+            plog.warning("destroy.gone", mount=managed.name, target=managed.target)
+            self._remove_created(managed, root)
+            return False
+        try:
+            ours = self._is_ours_at(parent, name, managed.mnt_id)
+            if ours:
+                self._umount(parent, name, managed.mnt_id, root, managed.target, recursive=managed.recursive)
+                if _enabled(logging.INFO):
+                    plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")
+            else:
+                plog.warning("destroy.gone", mount=managed.name, target=managed.target)
+            self._remove_created(managed, root, (parent, name))
         finally:
             parent.close()
-        if _enabled(logging.INFO):
-            plog.info("mount.removed", mount=managed.name, target=f"{root.name}:{managed.target}")
-        return True
+        return ours
 
-    def _remove_created(self, managed: ManagedMount, root: RootHandle) -> None:
+    def _remove_created(self, managed: ManagedMount, root: RootHandle, at: tuple[Fd, str] | None = None) -> None:
+        """Remove the directories and files apply created for ``managed``, innermost first.
+
+        ``at`` is the already-open parent of the target, reused for the target itself.
+        """
         for index, item in reversed(list(enumerate(managed.created))):
             undo = _Undo(index, str(item["op"]), managed.root, str(item["path"]), dev=int(item["dev"]), ino=int(item["ino"]), mount=managed.name)
             try:
-                self._undo_one(undo, root)
+                self._undo_one(undo, root, at if at is not None and undo.path == managed.target else None)
             except ExecutionError as exc:
                 # Something else (a foreign mount, a replaced directory) is there now.
                 log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason=str(exc))
@@ -826,7 +908,6 @@ class Engine:
                     removed.append(managed.name)
                 else:
                     gone.append(managed.name)
-                self._remove_created(managed, root)
                 # Walking from the end, the mount just removed is always the last.
                 assert state.mounts[-1] is managed
                 state.mounts.pop()
@@ -844,3 +925,16 @@ class Engine:
         store.save(state)
         return DestroyResult(plan_name, tuple(removed), tuple(gone))
 
+
+_STEP_HANDLERS: dict[StepKind, Callable[..., None]] = {
+    StepKind.FSOPEN: Engine._step_fsopen,
+    StepKind.FSCONFIG: Engine._step_fsconfig,
+    StepKind.CREATE: Engine._step_create,
+    StepKind.FSMOUNT: Engine._step_fsmount,
+    StepKind.OPEN_TREE: Engine._step_open_tree,
+    StepKind.SET_ATTR: Engine._step_set_attr,
+    StepKind.ENSURE_MOUNTPOINT: Engine._step_mountpoint,
+    StepKind.RESOLVE_TARGET: Engine._step_resolve_target,
+    StepKind.MOVE_MOUNT: Engine._step_move_mount,
+    StepKind.SET_PROPAGATION: Engine._step_propagation,
+}

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from mountplan._kernel import Fd, OpenFlag, Resolve
+from mountplan._kernel import BorrowedFd, Fd, OpenFlag, Resolve
 from mountplan.errors import RootError
 
 from .backend import Backend
@@ -144,7 +144,8 @@ def reopen_root(name: str, identity: RootIdentity) -> RootHandle | None:
 def resolve(backend: Backend, root: RootHandle, path: str, flags: OpenFlag = O_PATH_ANY) -> Fd:
     """openat2 ``path`` beneath ``root``; symlinks anywhere in it are refused."""
     if path in {"", "."}:
-        return backend.openat2(root.fileno(), ".", O_PATH_DIR, BENEATH, shown=f"{root.name}:.")  # type: ignore[no-any-return]
+        # The root itself: its open fd is exactly what resolving "." would give.
+        return BorrowedFd(root.fileno(), f"root:{root.name}")
     return backend.openat2(root.fileno(), path, flags, BENEATH, shown=f"{root.name}:{path}")  # type: ignore[no-any-return]
 
 
