@@ -27,7 +27,9 @@ from mountplan.model import Plan
 
 __version__ = "0.1.0"
 
-_API = frozenset({"applied", "apply", "compile", "destroy", "diff", "load", "plan", "recover"})
+_API = frozenset(
+    {"applied", "apply", "apply_saved", "compile", "destroy", "diff", "load", "plan", "recover", "save_plan"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -41,7 +43,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from mountplan.api import applied, apply, compile, destroy, diff, load, plan, recover
+    from mountplan.api import applied, apply, apply_saved, compile, destroy, diff, load, plan, recover, save_plan
 
 __all__ = [
     "BusyError",
@@ -58,10 +60,12 @@ __all__ = [
     "StateError",
     "applied",
     "apply",
+    "apply_saved",
     "compile",
     "destroy",
     "diff",
     "load",
     "plan",
     "recover",
+    "save_plan",
 ]

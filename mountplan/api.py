@@ -17,7 +17,7 @@ from mountplan.changes import ChangeSet
 from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
 from mountplan.model import Plan
 
-__all__ = ["applied", "apply", "compile", "destroy", "diff", "load", "plan", "recover"]
+__all__ = ["applied", "apply", "apply_saved", "compile", "destroy", "diff", "load", "plan", "recover", "save_plan"]
 
 PlanLike = Plan | str | os.PathLike[str]
 Roots = Mapping[str, str | int]
@@ -41,10 +41,10 @@ def compile(plan: PlanLike, *, destroy: bool = False) -> CompiledPlan:  # noqa: 
 
 
 def plan(
-    plan: PlanLike, roots: Roots | None = None, *, state_dir: str | None = None
+    plan: PlanLike, roots: Roots | None = None, *, state_dir: str | None = None, prune: bool = False
 ) -> ChangeSet:
-    """Dry run: what ``apply`` would change, against the live table and the state. Touches nothing."""
-    return Engine(state_dir=state_dir).plan(_plan(plan), roots)
+    """Dry run: what ``apply`` (with ``prune``) would change, against the live table and the state. Touches nothing."""
+    return Engine(state_dir=state_dir).plan(_plan(plan), roots, prune=prune)
 
 
 def diff(
@@ -56,6 +56,43 @@ def diff(
     differing field; ``ChangeSet.foreign`` lists mounts mountplan did not make.
     """
     return Engine(state_dir=state_dir).plan(_plan(plan), roots)
+
+
+def save_plan(
+    plan: PlanLike,
+    out: str | os.PathLike[str],
+    roots: Roots | None = None,
+    *,
+    prune: bool = False,
+    state_dir: str | None = None,
+) -> ChangeSet:
+    """Write what ``apply`` would change to ``out`` (``mountplan plan -o``); touches no mount.
+
+    :func:`apply_saved` later carries out exactly these changes, or raises
+    StalePlanError when the mounts beneath the roots or the state changed since.
+    """
+    saved, changes = Engine(state_dir=state_dir).save_plan(_plan(plan), roots, prune=prune)
+    saved.write(os.fspath(out))
+    return changes
+
+
+def apply_saved(
+    path: str | os.PathLike[str],
+    roots: Roots | None = None,
+    *,
+    state_dir: str | None = None,
+    lock_timeout: float = 30.0,
+) -> ApplyResult:
+    """Apply a plan saved by :func:`save_plan` exactly, or raise StalePlanError and change nothing."""
+    from mountplan.engine.saved import read_saved_plan
+
+    saved = read_saved_plan(os.fspath(path))
+    if saved is None:
+        from mountplan.errors import PlanError
+        from mountplan.loader import Diagnostic, Severity
+
+        raise PlanError([Diagnostic(os.fspath(path), 1, 1, Severity.ERROR, "not a saved plan (see `mountplan plan -o`)")])
+    return Engine(state_dir=state_dir, lock_timeout=lock_timeout).apply_saved(saved, roots)
 
 
 def apply(

@@ -106,6 +106,9 @@ class ChangeSet:
     plan: str
     changes: tuple[Change, ...]
     foreign: tuple[ForeignMount, ...] = ()
+    #: Mounts mountplan made that the plan no longer lists, when not pruning:
+    #: apply leaves them alone (``apply --prune`` makes them DELETE changes).
+    kept: tuple[Change, ...] = ()
 
     def counts(self) -> tuple[int, int, int]:
         add = sum(c.action in {Action.CREATE, Action.REPLACE} for c in self.changes)
@@ -142,6 +145,7 @@ class ChangeSet:
             "plan": self.plan,
             "changes": [c.to_json() for c in self.changes],
             "foreign": [f.to_json() for f in self.foreign],
+            "kept": [c.to_json() for c in self.kept],
             "summary": {"add": add, "change": change, "destroy": destroy},
         }
 
@@ -215,12 +219,16 @@ def diff(
     live: LiveTable,
     root_paths: Mapping[str, str],
     fingerprints: Mapping[str, str],
+    *,
+    prune: bool = True,
 ) -> ChangeSet:
     """Classify each planned mount.
 
     ``managed`` maps a mount name to (mnt_id, root, target, fingerprint) from the
-    state file; ``fingerprints`` gives the plan's current fingerprint per mount;
-    ``root_paths`` the absolute directory of each root (for mount points).
+    state file; ``fingerprints`` gives the plan's current fingerprint (needed for
+    managed mounts only); ``root_paths`` the absolute directory of each root (for
+    mount points). A managed mount the plan no longer lists is a DELETE change
+    with ``prune``, else it goes to :attr:`ChangeSet.kept`.
     """
     changes: list[Change] = []
     foreign: list[ForeignMount] = []
@@ -250,10 +258,12 @@ def diff(
         else:
             reason = "drifted" if fields else ""
         changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
+    kept: list[Change] = []
     for name, (mnt_id, root, target, _) in sorted(managed.items()):
         if name not in planned_names and live.by_id(mnt_id) is not None:
-            changes.append(Change(name, root, target, Action.DELETE, reason="no longer in the plan", mnt_id=mnt_id))
-    return ChangeSet(plan.name, tuple(changes), tuple(foreign))
+            orphan = Change(name, root, target, Action.DELETE, reason="no longer in the plan", mnt_id=mnt_id)
+            (changes if prune else kept).append(orphan)
+    return ChangeSet(plan.name, tuple(changes), tuple(foreign), tuple(kept))
 
 
 def render(changes: ChangeSet) -> str:
@@ -268,6 +278,8 @@ def render(changes: ChangeSet) -> str:
         lines.append(head)
         for field_change in c.fields:
             lines.append(f"      {field_change.field}: {field_change.live} -> {field_change.planned}")
+    for c in changes.kept:
+        lines.append(f"    {c.mount}  ({c.root}:{c.target})  # no longer in the plan; kept (apply --prune removes it)")
     for other in changes.foreign:
         lines.append(f"  ! foreign mount at {other.mount_point} ({other.fs_type} {other.source}) near {other.near!r}: left alone")
     lines.append("")

@@ -102,8 +102,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    plan = _load(args.plan)
-    result = _engine(args).apply(plan, _roots(args), prune=args.prune)
+    from mountplan.engine.saved import read_saved_plan
+
+    saved = read_saved_plan(args.plan)
+    if saved is not None:
+        if args.prune:
+            raise UsageError("apply: --prune belongs to `mountplan plan -o FILE`; a saved plan applies what it says")
+        result = _engine(args).apply_saved(saved, _roots(args))
+    else:
+        result = _engine(args).apply(_load(args.plan), _roots(args), prune=args.prune)
     data = {
         "updated": list(result.updated),
         "pruned": list(result.pruned),
@@ -146,7 +153,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mountplan.changes import render
 
     plan = _load(args.plan)
-    changes = _engine(args).plan(plan, _roots(args))
+    if args.out:
+        saved, changes = _engine(args).save_plan(plan, _roots(args), prune=args.prune)
+    else:
+        changes = _engine(args).plan(plan, _roots(args), prune=args.prune)
     if args.json:
         doc = changes.to_json()
         if args.steps:
@@ -157,6 +167,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.steps:
             text += "\nSteps for a fresh apply:\n" + "\n".join(compile_apply(plan).transcript()) + "\n"
         sys.stdout.write(text)
+    if args.out:
+        saved.write(args.out)
+        if not args.json:
+            sys.stdout.write(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n    mountplan apply {args.out}\n")
     return EXIT_CHANGES if args.detailed_exitcode and changes.has_changes else EXIT_OK
 
 
@@ -260,10 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("--steps", action="store_true", help="also show the syscall transcript of a fresh apply")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 10 when changes are pending")
+    p.add_argument("--prune", action="store_true", help="plan to remove mounts mountplan made that the plan no longer lists")
+    p.add_argument(
+        "-o", "--out", metavar="FILE",
+        help="save this plan; `mountplan apply FILE` then does exactly this or refuses (exit 8) if the table changed",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("apply", parents=[common, run], help="make the plan's mounts (all or nothing)")
-    p.add_argument("plan", metavar="PLAN")
+    p.add_argument("plan", metavar="PLAN|SAVED", help="a plan file, or a plan saved by `mountplan plan -o`")
     p.add_argument("--prune", action="store_true", help="also remove mounts mountplan made that the plan no longer lists")
     p.set_defaults(func=cmd_apply)
 

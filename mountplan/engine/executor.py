@@ -40,8 +40,8 @@ from mountplan._kernel import (
 )
 from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
 from mountplan.changes import Action, Change, ChangeSet, diff
-from mountplan.livetable import read_live_table
-from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, RootError
+from mountplan.livetable import LiveTable, read_live_table
+from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, PlanError, RootError
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec, Plan
 
 from .backend import Backend, KernelBackend
@@ -58,6 +58,7 @@ from .roots import (
     resolve,
     resolve_parent,
 )
+from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
 
 # Events go through a stdlib logger that nobody configures but the CLI: an
@@ -304,20 +305,93 @@ class Engine:
 
     # ================================================================== apply
 
-    def _diff(self, plan: Plan, rootset: RootSet, state: State) -> ChangeSet:
+    def _diff(
+        self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable | None = None
+    ) -> ChangeSet:
         managed = {m.name: (m.mnt_id, m.root, m.target, m.fingerprint) for m in state.mounts}
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
-        return diff(plan, managed, read_live_table(), paths, prints)
+        return diff(plan, managed, live if live is not None else read_live_table(), paths, prints, prune=prune)
 
-    def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> ChangeSet:
-        """What apply would do, against the live table and the state file. Touches nothing."""
+    def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
+        """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
         needed = sorted({m.root for m in plan.mounts})
         with open_roots(root_paths(plan, roots), needed) as rootset:
             store = self._store(plan, rootset)
             state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
-            return self._diff(plan, rootset, state)
+            return self._diff(plan, rootset, state, prune=prune)
+
+    def save_plan(
+        self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False
+    ) -> tuple[SavedPlan, ChangeSet]:
+        """The change set ``plan`` shows, pinned with everything it depends on (touches nothing).
+
+        The plan must have come from a file: the saved plan embeds its text.
+        """
+        from mountplan import loader  # lazily: embedders that never save plans skip jsonschema
+        from mountplan.loader import Diagnostic, Severity
+
+        if plan.source_file is None:
+            raise PlanError(
+                [Diagnostic("<plan>", 1, 1, Severity.ERROR, "only a plan loaded from a file can be saved (its text is embedded)")]
+            )
+        with open(plan.source_file, encoding="utf-8") as f:
+            text = f.read()
+        # The embedded text must be the plan this change set is computed from.
+        if loader.load_text(text, filename=plan.source_file, strict_kernel=False) != plan:
+            raise PlanError(
+                [Diagnostic(plan.source_file, 1, 1, Severity.ERROR, "the plan file changed while it was being planned; run again")]
+            )
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, roots), needed) as rootset:
+            store = self._store(plan, rootset)
+            committed = store.load()
+            state = committed or State(plan=plan.name, roots=self._root_json(rootset))
+            live = read_live_table()
+            changes = self._diff(plan, rootset, state, prune=prune, live=live)
+            saved = SavedPlan(
+                plan_name=plan.name,
+                plan_file=plan.source_file,
+                plan_text=text,
+                roots=self._root_json(rootset),
+                prune=prune,
+                state_digest=state_digest(committed),
+                live=tuple(self._snapshot(rootset, state, live)),
+                changes=changes.to_json(),
+            )
+        return saved, changes
+
+    def apply_saved(self, saved: SavedPlan, roots: Mapping[str, str | int] | None = None) -> ApplyResult:
+        """Apply a saved plan exactly, or raise StalePlanError and change nothing.
+
+        Roots are the saved paths unless ``roots`` overrides them (a path or an
+        fd); either way each must still be the same directory (device, inode).
+        """
+        from mountplan import loader
+
+        detect().require()
+        plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
+        compiled = compile_apply(plan)
+        paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
+        paths.update(roots or {})
+        needed = sorted({m.root for m in plan.mounts})
+        with open_roots(root_paths(plan, paths), needed) as rootset:
+            saved.check_roots(self._root_json(rootset))
+            store = self._store(plan, rootset)
+            with store.locked(self.lock_timeout):
+                self._recover_store(store)
+                committed = store.load()
+                state = committed or State(plan=plan.name, roots=self._root_json(rootset))
+                live = read_live_table()
+                saved.check_live(committed, self._snapshot(rootset, state, live))
+                changes = self._diff(plan, rootset, state, prune=saved.prune, live=live)
+                saved.check_changes(changes.to_json())
+                return self._apply_locked(plan, compiled, rootset, store, state, saved.prune, changes)
+
+    @staticmethod
+    def _snapshot(rootset: RootSet, state: State, live: LiveTable) -> list[dict[str, Any]]:
+        return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])
 
     def _update_in_place(self, spec: MountSpec, root: RootHandle, change: Change, plog: Any) -> None:
         """Fix drift without a remount: mount_setattr, and fspick + reconfigure for options."""
@@ -361,10 +435,13 @@ class Engine:
         store: StateStore,
         state: State,
         prune: bool = False,
+        changes: ChangeSet | None = None,
     ) -> ApplyResult:
+        """Carry out ``changes`` (computed now unless given, e.g. by a saved plan)."""
         pruned: list[str] = []
         plog = log.bind(plan=plan.name)
-        changes = self._diff(plan, rootset, state)
+        if changes is None:
+            changes = self._diff(plan, rootset, state, prune=prune)
         unchanged: list[str] = []
         replaced: list[str] = []
         updated: list[str] = []
@@ -373,10 +450,11 @@ class Engine:
         specs = {m.name: m for m in plan.mounts}
         for foreign in changes.foreign:
             plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
+        managed_by_name = {m.name: m for m in state.mounts}
         for name in compiled.mount_order:
             change = by_name[name]
             spec = specs[name]
-            managed = state.managed(name)
+            managed = managed_by_name.get(name)
             if change.action is Action.NOOP:
                 unchanged.append(name)
                 continue
@@ -393,10 +471,12 @@ class Engine:
                 state.mounts.remove(managed)
                 store.save(state)
             todo.append(name)
-        if prune:
-            for change in changes.changes:
-                managed = state.managed(change.mount)
-                if change.action is Action.DELETE and managed is not None:
+        if changes.kept:
+            plog.info("apply.kept", mounts=[c.mount for c in changes.kept], hint="apply --prune removes them")
+        for change in changes.changes:
+            if change.action is Action.DELETE:
+                managed = managed_by_name.get(change.mount)
+                if managed is not None:
                     self._unmount_managed(managed, rootset[managed.root], plog)
                     state.mounts.remove(managed)
                     store.save(state)

@@ -109,7 +109,12 @@ def test_changed_definition_replaces_and_prune_removes(tmp_path: Path, root_dir:
     old = _plan(TMP, MountSpec("extra", "r", "extra", fs_type="tmpfs"))
     Engine(state_dir=state).apply(old, {"r": root_dir})
     new = _plan(MountSpec("tmp", "r", "tmp", fs_type="ramfs"))
-    changes = Engine(state_dir=state).plan(new, {"r": root_dir})
+    # Without prune, the dropped mount is kept (and said so), not a change.
+    kept = Engine(state_dir=state).plan(new, {"r": root_dir})
+    assert {c.mount: c.action for c in kept.changes} == {"tmp": Action.REPLACE}
+    assert [c.mount for c in kept.kept] == ["extra"]
+    assert kept.summary() == "Plan: 1 to add, 0 to change, 1 to destroy."
+    changes = Engine(state_dir=state).plan(new, {"r": root_dir}, prune=True)
     actions = {c.mount: c.action for c in changes.changes}
     assert actions == {"tmp": Action.REPLACE, "extra": Action.DELETE}
     assert changes.summary() == "Plan: 1 to add, 0 to change, 2 to destroy."
