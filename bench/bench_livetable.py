@@ -1,4 +1,10 @@
-"""Time read_live_table (statmount, mountinfo) and findmnt --json over 1k/5k/10k tmpfs mounts."""
+"""Time read_live_table (statmount, mountinfo), a whole `plan`, and findmnt --json over 1k/5k/10k tmpfs mounts.
+
+`plan` is a 10-mount plan, already applied, planned again against the table:
+in-process (Engine.plan: open roots, read state, read the table, diff) and as a
+`mountplan plan` process (interpreter start-up included), next to a
+`findmnt --json` process on the same table.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,14 @@ from mountplan._kernel import (
     move_mount,
     openat2,
 )
+from mountplan.engine import Engine
 from mountplan.livetable import TableSource, read_live_table
 from mountplan.testing import run_in_sandbox
+
+PLAN_MOUNTS = 10
+PLAN_YAML = "version: 1\nname: bench-plan\nroots: {r: {}}\nmounts:\n" + "".join(
+    f"  - {{name: p{i}, target: p{i}, type: tmpfs, options: {{size: 1M}}}}\n" for i in range(PLAN_MOUNTS)
+)
 
 _DIR = OpenFlag.PATH | OpenFlag.DIRECTORY | OpenFlag.CLOEXEC
 _EMPTY = MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH
@@ -55,12 +67,31 @@ def _bench(sizes: list[int], repeat: int) -> list[str]:
     with openat2(-100, "/tmp", _DIR, Resolve(0)) as tmp:
         _mount_tmpfs(tmp.fileno(), "bench_livetable", "bench")
     base = os.open("/tmp/bench_livetable", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    work = "/tmp/bench_livetable/plan"
+    os.makedirs(f"{work}/root")
+    with open(f"{work}/plan.yaml", "w", encoding="utf-8") as f:
+        f.write(PLAN_YAML)
+    from mountplan import api
+
+    plan = api.load(f"{work}/plan.yaml")
+    engine = Engine(state_dir=f"{work}/state")
+    roots = {"r": f"{work}/root"}
+    engine.apply(plan, roots)
+    cli = [sys.executable, "-m", "mountplan", "plan", f"{work}/plan.yaml", "--root", f"r={work}/root",
+           "--state-dir", f"{work}/state", "--detailed-exitcode", "-q"]
+
+    def plan_in_process() -> None:
+        assert not engine.plan(plan, roots).has_changes
+
+    def plan_process() -> None:
+        assert subprocess.run(cli, check=False, stdout=subprocess.DEVNULL).returncode == 0
+
     baseline = len(read_live_table(TableSource.MOUNTINFO))
     lines = [
-        f"kernel {os.uname().release}, python {sys.version.split()[0]}, best/median of {repeat}",
+        f"kernel {os.uname().release}, python {sys.version.split()[0]}, best/median of {repeat} (ms)",
         (
-            f"{'mounts':>7} {'statmount ms':>13} {'mountinfo ms':>13} {'findmnt ms':>11}"
-            f" {'stat us/m':>10} {'info us/m':>10} {'findmnt us/m':>13} {'mount us/m':>11}"
+            f"{'mounts':>7} {'statmount':>13} {'mountinfo':>13} {'plan':>13} {'plan (cli)':>13} {'findmnt':>13}"
+            f" {'plan us/m':>10} {'findmnt us/m':>13} {'mount us/m':>11}"
         ),
     ]
     made = 0
@@ -77,12 +108,17 @@ def _bench(sizes: list[int], repeat: int) -> list[str]:
         stat = _best(lambda: read_live_table(TableSource.STATMOUNT), repeat)
         info = _best(lambda: read_live_table(TableSource.MOUNTINFO), repeat)
         find = _best(_findmnt, repeat)
+        planned = _best(plan_in_process, repeat)
+        planned_cli = _best(plan_process, repeat)
+
+        def cell(t: tuple[float, float]) -> str:
+            return f"{t[0] * 1e3:>6.1f}/{t[1] * 1e3:<6.1f}"
+
         lines.append(
-            f"{total:>7} {stat[0] * 1e3:>6.1f}/{stat[1] * 1e3:<6.1f} {info[0] * 1e3:>6.1f}/{info[1] * 1e3:<6.1f}"
-            f" {find[0] * 1e3:>5.1f}/{find[1] * 1e3:<5.1f}"
-            f" {stat[0] / total * 1e6:>10.1f} {info[0] / total * 1e6:>10.1f} {find[0] / total * 1e6:>13.1f}"
-            f" {mount_cost * 1e6:>11.1f}"
+            f"{total:>7} {cell(stat)} {cell(info)} {cell(planned)} {cell(planned_cli)} {cell(find)}"
+            f" {planned[0] / total * 1e6:>10.1f} {find[0] / total * 1e6:>13.1f} {mount_cost * 1e6:>11.1f}"
         )
+    engine.destroy(plan, roots)
     os.close(base)
     return lines
 

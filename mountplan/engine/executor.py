@@ -33,6 +33,7 @@ from mountplan._kernel import (
     FspickFlag,
     MountAttr,
     MoveMountFlag,
+    Propagation as KernelPropagation,
     OpenFlag,
     OpenTreeFlag,
     UmountFlag,
@@ -165,10 +166,14 @@ class _Undo:
     ino: int = 0
     mount: str = ""
     recursive: bool = False  # a recursive bind: its cloned submounts go with a detach
+    #: op "update": what the mount had before (attrs, clear, propagation, options)
+    restore: dict[str, Any] | None = None
 
     def describe(self) -> str:
         if self.op == "mount":
             return f"mount {self.mount!r} at {self.root}:{self.path} (mount id {self.mnt_id})"
+        if self.op == "update":
+            return f"in-place update of {self.mount!r} at {self.root}:{self.path} (mount id {self.mnt_id})"
         return f"{'directory' if self.op == 'mkdir' else 'file'} {self.root}:{self.path} created for {self.mount!r}"
 
 
@@ -394,7 +399,11 @@ class Engine:
         return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])
 
     def _update_in_place(self, spec: MountSpec, root: RootHandle, change: Change, plog: Any) -> None:
-        """Fix drift without a remount: mount_setattr, and fspick + reconfigure for options."""
+        """Fix drift without a remount: mount_setattr, and fspick + reconfigure for options.
+
+        What the mount had before is journaled first, so a failure later in the
+        same apply (or a crash, via recover) puts it back.
+        """
         k = self.backend
         fields = {f.field.split(".")[0] for f in change.fields}
         target = resolve(k, root, spec.target, O_PATH_ANY)
@@ -402,6 +411,14 @@ class Engine:
             ids = k.statx_mount_ids(target.fileno())
             if ids.mnt_id != change.mnt_id:
                 raise ExecutionError(f"mount at {root.name}:{spec.target} is not the one mountplan made", step=f"{spec.name}:update")
+            restore = self._restore_info(spec, change, ids.unique)
+            assert self._tx is not None
+            store, undo = self._tx
+            seq = store.journal_write(
+                {"op": "update", "mount": spec.name, "root": root.name, "path": spec.target, "mnt_id": ids.mnt_id,
+                 "restore": restore}
+            )
+            undo.append(_Undo(seq, "update", root.name, spec.target, mnt_id=ids.mnt_id, mount=spec.name, restore=restore))
             if "attrs" in fields or "propagation" in fields:
                 want = spec.kernel_attrs
                 clear = MountAttr(0)
@@ -427,6 +444,64 @@ class Engine:
             target.close()
         plog.info("mount.updated", mount=spec.name, fields=sorted(fields))
 
+    @staticmethod
+    def _restore_info(spec: MountSpec, change: Change, unique: bool) -> dict[str, Any]:
+        """The live attributes, propagation and changed options of a mount about to be updated."""
+        table = read_live_table()
+        assert change.mnt_id is not None
+        live = table.by_id(change.mnt_id) if unique else table.by_old_id(change.mnt_id)
+        if live is None:
+            raise ExecutionError(f"mount {spec.name!r} (id {change.mnt_id}) is not in the live table", step=f"{spec.name}:update")
+        have = int(live.attrs) & int(_SETTABLE)
+        options: dict[str, str | None] = {}
+        planned_keys = {opt.key for opt in spec.options}
+        for item in live.super_options:
+            key, sep, value = item.partition("=")
+            if key in planned_keys:
+                options[key] = value if sep else None
+        return {
+            "attrs": have,
+            "clear": int(_SETTABLE) & ~have,
+            "propagation": live.propagation.name,
+            "options": options,
+        }
+
+    def _restore(self, item: _Undo, root: RootHandle) -> None:
+        """Undo an in-place update: put back attributes, propagation type and options.
+
+        A peer group or master the mount had is not restored: the kernel can make
+        a mount shared or a slave again, but not rejoin a particular group.
+        """
+        k = self.backend
+        assert item.restore is not None
+        try:
+            target = resolve(k, root, item.path, O_PATH_ANY)
+        except KernelError as exc:
+            if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+                return  # gone: nothing of ours to restore
+            raise
+        try:
+            if k.statx_mount_ids(target.fileno()).mnt_id != item.mnt_id:
+                return  # not the mount we updated any more
+            r = item.restore
+            k.mount_setattr(
+                target.fileno(), "", AtFlag.EMPTY_PATH, MountAttr(int(r["attrs"])), MountAttr(int(r["clear"])),
+                propagation=KernelPropagation[str(r["propagation"])],
+            )
+            if r.get("options"):
+                ctx = k.fspick(target.fileno(), "", FspickFlag.CLOEXEC | FspickFlag.EMPTY_PATH)
+                try:
+                    for key, value in sorted(r["options"].items()):
+                        if value is None:
+                            k.fsconfig_set_flag(ctx.fileno(), key)
+                        else:
+                            k.fsconfig_set_string(ctx.fileno(), key, str(value))
+                    k.fsconfig_reconfigure(ctx.fileno())
+                finally:
+                    ctx.close()
+        finally:
+            target.close()
+
     def _apply_locked(
         self,
         plan: Plan,
@@ -442,50 +517,22 @@ class Engine:
         plog = log.bind(plan=plan.name)
         if changes is None:
             changes = self._diff(plan, rootset, state, prune=prune)
-        unchanged: list[str] = []
+        unchanged = [c.mount for c in changes.changes if c.action is Action.NOOP]
+        for foreign in changes.foreign:
+            plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
+        if changes.kept:
+            plog.info("apply.kept", mounts=[c.mount for c in changes.kept], hint="apply --prune removes them")
+        if not changes.has_changes:
+            plog.info("apply.done", created=0, updated=0, unchanged=len(unchanged))
+            return ApplyResult(plan.name, (), tuple(unchanged), (), store.state_path)
+
         replaced: list[str] = []
         updated: list[str] = []
         todo: list[str] = []
         by_name = {c.mount: c for c in changes.changes}
         specs = {m.name: m for m in plan.mounts}
-        for foreign in changes.foreign:
-            plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
         managed_by_name = {m.name: m for m in state.mounts}
-        for name in compiled.mount_order:
-            change = by_name[name]
-            spec = specs[name]
-            managed = managed_by_name.get(name)
-            if change.action is Action.NOOP:
-                unchanged.append(name)
-                continue
-            if change.action is Action.UPDATE and managed is not None:
-                self._update_in_place(spec, rootset[spec.root], change, plog)
-                managed.fingerprint = fingerprint(spec)
-                store.save(state)
-                updated.append(name)
-                continue
-            if managed is not None:
-                if change.action is Action.REPLACE:
-                    self._unmount_managed(managed, rootset[managed.root], plog)
-                    replaced.append(name)
-                state.mounts.remove(managed)
-                store.save(state)
-            todo.append(name)
-        if changes.kept:
-            plog.info("apply.kept", mounts=[c.mount for c in changes.kept], hint="apply --prune removes them")
-        for change in changes.changes:
-            if change.action is Action.DELETE:
-                managed = managed_by_name.get(change.mount)
-                if managed is not None:
-                    self._unmount_managed(managed, rootset[managed.root], plog)
-                    state.mounts.remove(managed)
-                    store.save(state)
-                    pruned.append(change.mount)
-        if not todo:
-            plog.info("apply.done", created=0, updated=len(updated), unchanged=len(unchanged))
-            return ApplyResult(
-                plan.name, (), tuple(unchanged), tuple(replaced), store.state_path, tuple(updated), tuple(pruned)
-            )
+        new_prints: list[tuple[ManagedMount, str]] = []
 
         store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
         undo: list[_Undo] = []
@@ -493,8 +540,41 @@ class Engine:
         all_handles: list[_Handles] = []
         made: list[ManagedMount] = []
         current: Step | None = None
+        where = ("?", "?")  # (step id, what it does) for the error message
         debug, info = _enabled(logging.DEBUG), _enabled(logging.INFO)
         try:
+            # First fix or remove what exists, in mount order (a parent's
+            # propagation is right before anything is mounted beneath it).
+            # Updates are journaled and undone on failure; an unmount cannot be
+            # undone, so a removal is committed to the state at once.
+            for name in compiled.mount_order:
+                change = by_name[name]
+                managed = managed_by_name.get(name)
+                if change.action is Action.NOOP:
+                    continue
+                if change.action is Action.UPDATE and managed is not None:
+                    spec = specs[name]
+                    where = (f"{name}:update", "update in place: " + ", ".join(f.field for f in change.fields))
+                    self._update_in_place(spec, rootset[spec.root], change, plog)
+                    new_prints.append((managed, fingerprint(spec)))
+                    updated.append(name)
+                    continue
+                if managed is not None:
+                    if change.action is Action.REPLACE:
+                        where = (f"{name}:unmount", "unmount before replacing")
+                        self._unmount_managed(managed, rootset[managed.root], plog)
+                        replaced.append(name)
+                    state.mounts.remove(managed)
+                    store.save(state)
+                todo.append(name)
+            for change in changes.changes:
+                managed = managed_by_name.get(change.mount) if change.action is Action.DELETE else None
+                if managed is not None:
+                    where = (f"{change.mount}:unmount", "unmount (prune)")
+                    self._unmount_managed(managed, rootset[managed.root], plog)
+                    state.mounts.remove(managed)
+                    store.save(state)
+                    pruned.append(change.mount)
             for name in todo:
                 spec = specs[name]
                 handles = _Handles()
@@ -527,21 +607,28 @@ class Engine:
                 handles.close()
             leftovers = self._rollback(undo, rootset, store, plog)
             store.journal_close(remove=not leftovers)
-            step_text = current.render() if current is not None else "?"
+            if current is not None:
+                where = (current.id, current.render())
             cause = str(exc) if isinstance(exc, MountplanError | OSError) else repr(exc)
             message = (
-                f"apply {plan.name!r} failed at step {current.id if current else '?'} ({step_text}): {cause}. "
+                f"apply {plan.name!r} failed at step {where[0]} ({where[1]}): {cause}. "
                 + ("Everything it had done was undone." if not leftovers else "Rollback was incomplete.")
+                + (f" Already removed (an unmount cannot be undone): {', '.join(replaced + pruned)}." if replaced or pruned else "")
             )
-            plog.error("apply.failed", step=current.id if current else None, error=cause, leftovers=leftovers)
+            plog.error("apply.failed", step=where[0], error=cause, leftovers=leftovers)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            raise ExecutionError(message, step=current.id if current else "", leftovers=leftovers) from exc
+            if isinstance(exc, BusyError):
+                raise BusyError(message, step=where[0], holders=exc.holders, leftovers=leftovers) from exc
+            raise ExecutionError(message, step=where[0], leftovers=leftovers) from exc
         self._tx = None
+        for managed, print_ in new_prints:
+            managed.fingerprint = print_
         state.mounts.extend(made)
         store.save(state)
         store.journal_close(remove=True)
-        plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), unchanged=len(unchanged))
+        plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), updated=len(updated),
+                  pruned=len(pruned), unchanged=len(unchanged))
         created = tuple(n for n in todo if n not in replaced)
         return ApplyResult(
             plan.name, created, tuple(unchanged), tuple(replaced), store.state_path, tuple(updated), tuple(pruned)
@@ -767,6 +854,9 @@ class Engine:
 
     def _undo_one(self, item: _Undo, root: RootHandle, at: tuple[Fd, str] | None = None) -> None:
         k = self.backend
+        if item.op == "update":
+            self._restore(item, root)
+            return
         if item.op == "mount":
             if not self.mount_is_ours(root, item.path, item.mnt_id):
                 if read_live_table().by_id(item.mnt_id) is not None:
@@ -873,11 +963,11 @@ class Engine:
         items: dict[int, _Undo] = {}
         for e in entries:
             op = e.get("op")
-            if op in {"mount", "mkdir", "mkfile"}:
+            if op in {"mount", "mkdir", "mkfile", "update"}:
                 items[int(e["seq"])] = _Undo(
                     int(e["seq"]), str(op), str(e["root"]), str(e["path"]),
                     mnt_id=int(e.get("mnt_id", 0)), mount=str(e.get("mount", "")),
-                    recursive=bool(e.get("recursive", False)),
+                    recursive=bool(e.get("recursive", False)), restore=e.get("restore"),
                 )
             elif op == "created" and int(e["ref"]) in items:
                 items[int(e["ref"])].dev, items[int(e["ref"])].ino = int(e["dev"]), int(e["ino"])
@@ -921,7 +1011,7 @@ class Engine:
         for item in sorted(items, key=lambda i: i.seq):
             seq = store.journal_write(
                 {"op": item.op, "mount": item.mount, "root": item.root, "path": item.path, "mnt_id": item.mnt_id,
-                 "recursive": item.recursive}
+                 "recursive": item.recursive, **({"restore": item.restore} if item.restore is not None else {})}
             )
             if item.ino:
                 store.journal_write({"op": "created", "ref": seq, "dev": item.dev, "ino": item.ino})

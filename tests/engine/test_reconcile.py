@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,7 @@ from mountplan._kernel.constants import MountAttr
 from mountplan._kernel.constants import Propagation as KProp
 from mountplan.changes import Action
 from mountplan.engine import Engine, FaultInjector
+from mountplan.errors import ExecutionError
 from mountplan.livetable import LiveMount, read_live_table
 from mountplan.model import Attr, MountSpec, Option, Plan, RootSpec
 
@@ -139,3 +143,72 @@ def test_public_plan_and_diff_functions(tmp_path: Path, root_dir: str) -> None:
         ("propagation", "shared", "private")
     ]
     assert drift.has_drift
+
+
+def _drift(root_dir: str) -> None:
+    """Drift of every kind an update fixes: attributes, propagation and a superblock option."""
+    subprocess.run(["mount", "-o", "remount,bind,ro,noexec", f"{root_dir}/tmp"], check=True)
+    subprocess.run(["mount", "--make-shared", f"{root_dir}/tmp"], check=True)
+    with fspick(-100, f"{root_dir}/tmp") as ctx:
+        fsconfig_set_string(ctx.fileno(), "size", "8M")
+        fsconfig_reconfigure(ctx.fileno())
+
+
+def _shape(path: str) -> tuple[object, ...]:
+    m = _live(path)
+    return (m.mnt_id, m.attrs, m.propagation, m.super_options)
+
+
+def test_in_place_updates_are_undone_when_a_later_step_fails(tmp_path: Path, root_dir: str) -> None:
+    """An apply that updates a drifted mount in place and then fails creating another mount puts the
+    drifted mount back exactly as it was (attributes, propagation type, size) and names the failed step;
+    the state still holds the old definition, so the next apply updates it again."""
+    state = str(tmp_path / "s")
+    Engine(state_dir=state).apply(_plan(TMP), {"r": root_dir})
+    _drift(root_dir)
+    before = _shape(f"{root_dir}/tmp")
+    assert before[2] is KProp.SHARED and MountAttr.RDONLY in before[1] and "size=8192k" in before[3]
+    plan = _plan(TMP, MountSpec("new", "r", "new", fs_type="tmpfs"))
+    with pytest.raises(ExecutionError) as info:
+        Engine(state_dir=state, backend=FaultInjector(fail_at=1, names=frozenset({"fsmount"}))).apply(plan, {"r": root_dir})
+    assert "new#" in info.value.step and "fsmount" in str(info.value) and "Everything it had done was undone" in str(info.value)
+    assert _shape(f"{root_dir}/tmp") == before
+    assert not read_live_table().at(f"{root_dir}/new")
+    result = Engine(state_dir=state).apply(plan, {"r": root_dir})
+    assert result.updated == ("tmp",) and result.created == ("new",)
+    fixed = _live(f"{root_dir}/tmp")
+    assert fixed.propagation is KProp.PRIVATE and not MountAttr.RDONLY & fixed.attrs and "size=65536k" in fixed.super_options
+
+
+def test_update_killed_midway_is_restored_by_recover(tmp_path: Path, root_dir: str) -> None:
+    """SIGKILL right after the in-place update's mount_setattr: recover restores the drifted attributes
+    and propagation from the journal (the mount itself, made by an earlier apply, stays)."""
+    state = str(tmp_path / "s")
+    Engine(state_dir=state).apply(_plan(TMP), {"r": root_dir})
+    _drift(root_dir)
+    before = _shape(f"{root_dir}/tmp")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+
+        class KillAfterSetattr(FaultInjector):
+            def __getattr__(self, name: str) -> Any:
+                func = super().__getattr__(name)
+
+                def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    result = func(*args, **kwargs)
+                    if name == "mount_setattr":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return result
+
+                return wrapper
+
+        try:
+            Engine(state_dir=state, backend=KillAfterSetattr()).apply(_plan(TMP), {"r": root_dir})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert _live(f"{root_dir}/tmp").propagation is KProp.PRIVATE  # the update did happen
+    result = Engine(state_dir=state).recover()
+    assert result.leftovers == () and any("in-place update of 'tmp'" in u for u in result.undone), result
+    assert _shape(f"{root_dir}/tmp") == before
