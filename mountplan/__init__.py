@@ -43,7 +43,18 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from mountplan.api import applied, apply, apply_saved, compile, destroy, diff, load, plan, recover, save_plan
+    from mountplan.api import (
+        applied,
+        apply,
+        apply_saved,
+        compile,
+        destroy,
+        diff,
+        load,
+        plan,
+        recover,
+        save_plan,
+    )
 
 __all__ = [
     "BusyError",

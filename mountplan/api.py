@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
 from mountplan.changes import ChangeSet
+from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
 from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
 from mountplan.model import Plan
 
@@ -34,7 +34,7 @@ def _plan(plan: PlanLike) -> Plan:
     return plan if isinstance(plan, Plan) else load(plan)
 
 
-def compile(plan: PlanLike, *, destroy: bool = False) -> CompiledPlan:  # noqa: A001 - mirrors the verb
+def compile(plan: PlanLike, *, destroy: bool = False) -> CompiledPlan:
     """The ordered step graph for applying (or destroying) a plan."""
     p = _plan(plan)
     return compile_destroy(p) if destroy else compile_apply(p)

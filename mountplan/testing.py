@@ -59,7 +59,7 @@ def enter_namespaces() -> None:
 def _send(fd: int, payload: object) -> None:
     try:
         data = pickle.dumps(payload)
-    except Exception:  # unpicklable result or exception: send its text instead
+    except Exception:  # noqa: BLE001 - unpicklable result or exception: send its text instead
         data = pickle.dumps(("error", None, repr(payload)))
     view = memoryview(data)
     while view:
@@ -81,13 +81,13 @@ def _child(write_fd: int, func: Callable[..., Any], args: tuple[Any, ...], kwarg
                 try:
                     pickle.dumps(exc)
                     _send(write_fd, ("error", exc, tb))
-                except Exception:
+                except Exception:  # noqa: BLE001 - an unpicklable exception travels as text
                     _send(write_fd, ("error", None, tb))
             finally:
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever broke the sandbox is reported to the parent
         _send(write_fd, ("error", None, traceback.format_exc()))
         code = 1
     finally:
@@ -127,7 +127,7 @@ def run_in_sandbox(func: Callable[..., T], *args: Any, timeout: float = 600.0, *
         return value  # type: ignore[no-any-return]
     if isinstance(value, BaseException):
         if isinstance(value, AssertionError):
-            raise AssertionError(f"{value}\n--- traceback inside the sandbox ---\n{tb}") from None
+            raise AssertionError(f"{value}\n--- traceback inside the sandbox ---\n{tb}") from None  # noqa: TRY004 - re-raised with the child traceback
         if type(value).__module__.startswith(("_pytest", "pytest")):
             raise value  # skip / xfail / fail outcomes pass through unchanged
         raise value from SandboxError(f"raised inside the sandbox:\n{tb}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+from typing import Self
 
 
 class Fd:
@@ -43,7 +44,7 @@ class Fd:
         self._fd = None
         return fd
 
-    def __enter__(self) -> Fd:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

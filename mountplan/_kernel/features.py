@@ -55,9 +55,7 @@ def _probe(name: str) -> bool:
         args = (bad, null, null, ctypes.c_size_t(0))
     elif name in {"mount_setattr", "open_tree_attr"}:
         args = (bad, null, zero, null, ctypes.c_size_t(0))
-    elif name == "statmount":
-        args = (null, null, ctypes.c_size_t(0), zero)
-    elif name == "listmount":
+    elif name == "statmount" or name == "listmount":
         args = (null, null, ctypes.c_size_t(0), zero)
     else:  # pragma: no cover - programming error
         raise KeyError(name)

@@ -212,7 +212,11 @@ def fsconfig_reconfigure(fs_fd: int) -> None:
     _fsconfig(fs_fd, FsconfigCmd.CMD_RECONFIGURE, None, None, 0, "")
 
 
-def fsmount(fs_fd: int, attrs: MountAttr = MountAttr(0), flags: FsmountFlag = FsmountFlag.CLOEXEC) -> Fd:
+#: Default for attribute arguments (an IntFlag instance, made once).
+_NO_ATTRS = MountAttr(0)
+
+
+def fsmount(fs_fd: int, attrs: MountAttr = _NO_ATTRS, flags: FsmountFlag = FsmountFlag.CLOEXEC) -> Fd:
     """Turn a created context into a detached mount; closing the fd drops the mount."""
     ret = _libc.syscall("fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attrs))
     if ret < 0:
@@ -251,8 +255,8 @@ def open_tree_attr(
     dirfd: int,
     path: str,
     flags: OpenTreeFlag,
-    attr_set: MountAttr = MountAttr(0),
-    attr_clr: MountAttr = MountAttr(0),
+    attr_set: MountAttr = _NO_ATTRS,
+    attr_clr: MountAttr = _NO_ATTRS,
     propagation: Propagation | None = None,
 ) -> Fd:
     """``open_tree_attr`` (6.15): clone and set attributes in one call."""
@@ -279,8 +283,8 @@ def mount_setattr(
     dirfd: int,
     path: str,
     flags: AtFlag,
-    attr_set: MountAttr = MountAttr(0),
-    attr_clr: MountAttr = MountAttr(0),
+    attr_set: MountAttr = _NO_ATTRS,
+    attr_clr: MountAttr = _NO_ATTRS,
     propagation: Propagation | None = None,
 ) -> None:
     """Change attributes and/or propagation of a mount (attached or detached)."""

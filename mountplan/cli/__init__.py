@@ -25,12 +25,14 @@ from typing import Any
 
 from mountplan.errors import MountplanError, PlanError, RootError
 
+from . import logs
+
+
 class UsageError(MountplanError):
     """A command line that parses but makes no sense."""
 
     exit_code = 2
 
-from . import logs
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -149,8 +151,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mountplan.compiler import compile_apply
     from mountplan.changes import render
+    from mountplan.compiler import compile_apply
 
     plan = _load(args.plan)
     if args.out:

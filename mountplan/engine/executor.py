@@ -33,16 +33,18 @@ from mountplan._kernel import (
     FspickFlag,
     MountAttr,
     MoveMountFlag,
-    Propagation as KernelPropagation,
     OpenFlag,
     OpenTreeFlag,
     UmountFlag,
     detect,
 )
-from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
+from mountplan._kernel import (
+    Propagation as KernelPropagation,
+)
 from mountplan.changes import Action, Change, ChangeSet, diff
-from mountplan.livetable import LiveTable, read_live_table
+from mountplan.compiler import CompiledPlan, Step, StepKind, compile_apply
 from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanError, PlanError, RootError
+from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec, Plan
 
 from .backend import Backend, KernelBackend
@@ -929,7 +931,7 @@ class Engine:
             try:
                 self._undo_one(item, rootset[item.root])
                 store.journal_write({"op": "undone", "ref": item.seq})
-            except Exception as first:  # carry on: report every leftover, not just the first
+            except Exception as first:  # noqa: BLE001 - carry on: report every leftover, not just the first
                 failed.append((item, first))
         # A directory the kernel filled (overlay makes <workdir>/work) may sit on a
         # mount this rollback has since removed: retry once, now that it may be gone.
@@ -941,7 +943,7 @@ class Engine:
                     self._undo_one(item, rootset[item.root])
                     store.journal_write({"op": "undone", "ref": item.seq})
                     continue
-                except Exception as again:
+                except Exception as again:  # noqa: BLE001 - reported as a leftover
                     reason = again
             leftovers.append(f"{item.describe()}: {reason}")
             plog.warning("rollback.failed", item=item.describe(), error=str(reason))
@@ -986,7 +988,7 @@ class Engine:
                     self._undo_one(item, root)
                     undone.append(item.describe())
                     plog.info("recover.undone", item=item.describe())
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - recover goes on; the leftover is reported
                     leftovers.append(f"{item.describe()}: {exc}")
         finally:
             for handle in roots.values():

@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Self
 
 from mountplan._kernel import BorrowedFd, Fd, OpenFlag, Resolve
 from mountplan.errors import RootError
@@ -74,7 +75,7 @@ class RootSet(Mapping[str, RootHandle]):
         for handle in self._handles.values():
             handle.close()
 
-    def __enter__(self) -> RootSet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -120,12 +120,12 @@ def test_root_as_inherited_fd(tmp_path: Path) -> None:
     common = ["--root", f"sandbox=fd:{fd}", "--state-dir", str(tmp_path / "s")]
     try:
         result = subprocess.run(
-            [*MOUNTPLAN, "apply", "plans/demo.yaml", *common], cwd=REPO, pass_fds=(fd,), capture_output=True, text=True
+            [*MOUNTPLAN, "apply", "plans/demo.yaml", *common], cwd=REPO, pass_fds=(fd,), capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr
         assert (root / "proc" / "self").exists()
         result = subprocess.run(
-            [*MOUNTPLAN, "destroy", "plans/demo.yaml", *common], cwd=REPO, pass_fds=(fd,), capture_output=True, text=True
+            [*MOUNTPLAN, "destroy", "plans/demo.yaml", *common], cwd=REPO, pass_fds=(fd,), capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr
         assert os.listdir(root) == []
