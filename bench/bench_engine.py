@@ -21,11 +21,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
+from mountplan import _kernel
 from mountplan._kernel import (
+    AtFlag,
     MountAttr,
     MoveMountFlag,
     OpenFlag,
+    Propagation,
     Resolve,
     UmountFlag,
     fsconfig_create,
@@ -37,12 +41,14 @@ from mountplan._kernel import (
     openat2,
     umount_at,
 )
-from mountplan.engine import Engine
+from mountplan.engine import Engine, FaultInjector
+from mountplan.engine.executor import compiled_for, fingerprint
 from mountplan.model import MountSpec, Option, Plan, RootSpec
 from mountplan.testing import is_privileged, run_in_sandbox
 
 INNER = "MOUNTPLAN_BENCH_IN_NAMESPACE"
 BENEATH = Resolve.BENEATH | Resolve.NO_SYMLINKS | Resolve.NO_MAGICLINKS
+_ANY = OpenFlag.PATH | OpenFlag.CLOEXEC | OpenFlag.NOFOLLOW
 
 
 def plan_of(count: int) -> Plan:
@@ -91,6 +97,70 @@ def run_raw(root: str, count: int) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
+class _Recorder:
+    """Calls mountplan._kernel by name, recording each name (to check the loops' call sequences)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        func = getattr(_kernel, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            self.calls.append(name)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+
+def run_same(root: str, count: int, k: object = _kernel) -> tuple[float, float]:
+    """Exactly the kernel calls the engine makes through its backend, in the same order, in a plain loop.
+
+    Apply, per mount: fsopen, fsconfig source and size, create, fsmount, openat2 probe of the
+    target (None: absent), mkdirat, openat2 of the new directory, statx of the detached mount's id,
+    move_mount, mount_setattr (propagation). Destroy: statx of the mount id at the target,
+    umount, rmdir. ``check_same_calls`` verifies this is what the engine calls.
+    """
+    kk: Any = k
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    names = [f"t{i:05d}" for i in range(count)]
+    t0 = time.perf_counter()
+    for name in names:
+        with kk.fsopen("tmpfs") as fs:
+            kk.fsconfig_set_string(fs.fileno(), "source", "bench")
+            kk.fsconfig_set_string(fs.fileno(), "size", "1m")
+            kk.fsconfig_create(fs.fileno())
+            mnt = kk.fsmount(fs.fileno(), MountAttr(0))
+        with mnt:
+            if (found := kk.openat2_if_exists(rootfd, name, _ANY, BENEATH)) is not None:
+                found.close()
+            kk.mkdirat(rootfd, name, 0o755)
+            with kk.openat2(rootfd, name, _ANY, BENEATH) as target:
+                kk.statx_mount_ids(mnt.fileno())
+                kk.move_mount(mnt.fileno(), "", target.fileno(), "", MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH)
+            kk.mount_setattr(mnt.fileno(), "", AtFlag.EMPTY_PATH, propagation=Propagation.PRIVATE)
+    t1 = time.perf_counter()
+    for name in reversed(names):
+        kk.statx_mount_ids(rootfd, name, AtFlag.SYMLINK_NOFOLLOW)
+        kk.umount_at(rootfd, name, UmountFlag.NOFOLLOW)
+        os.rmdir(name, dir_fd=rootfd)
+    t2 = time.perf_counter()
+    os.close(rootfd)
+    return t1 - t0, t2 - t1
+
+
+def check_same_calls(root: str, state_dir: str) -> None:
+    """Fail loudly if the engine's backend calls and run_same's differ (for 3 mounts)."""
+    recorder = FaultInjector()
+    engine = Engine(backend=recorder, state_dir=state_dir)
+    engine.apply(plan_of(3), {"r": root})
+    engine.destroy(plan_of(3), {"r": root})
+    mine = _Recorder()
+    run_same(root, 3, mine)
+    if recorder.calls != mine.calls:
+        raise SystemExit(f"run_same no longer mirrors the engine:\nengine: {recorder.calls}\nloop:   {mine.calls}")
+
+
 def run_cli(root: str, count: int) -> tuple[float, float]:
     """One mount(8) and one umount(8) process per mount (mkdir/rmdir in-process)."""
     mount, umount = shutil.which("mount"), shutil.which("umount")
@@ -131,7 +201,17 @@ def bench(args: argparse.Namespace) -> str:
     os.mkdir(root)
     n = args.mounts
     try:
+        check_same_calls(root, os.path.join(base, "state"))
+        # The engine keeps the compiled steps (and fingerprints) of plans it has
+        # seen; a never-seen plan is timed separately, with both caches emptied.
+        def run_cold() -> tuple[float, float]:
+            compiled_for.cache_clear()
+            fingerprint.cache_clear()
+            return run_engine(root, n, os.path.join(base, "state"))
+
+        cold = median_runs(run_cold, args.runs)
         eng = median_runs(lambda: run_engine(root, n, os.path.join(base, "state")), args.runs)
+        same = median_runs(lambda: run_same(root, n), args.runs)
         raw = median_runs(lambda: run_raw(root, n), args.runs)
         cli = median_runs(lambda: run_cli(root, args.cli_mounts), max(1, args.runs // 2))
         assert os.listdir(root) == []
@@ -142,11 +222,21 @@ def bench(args: argparse.Namespace) -> str:
 
         where = "on disk (" + base + ")" if args.on_disk else "on a tmpfs"
         out.write(f"{n} tmpfs mounts beneath a root {where}, median of {args.runs} runs, cpus={os.cpu_count()}\n")
+        row("Engine, first apply of a plan", cold, n)
         row("Engine (journal, state, checks)", eng, n)
-        row("raw ctypes loop (mountplan._kernel)", raw, n)
+        row("same syscalls, plain loop", same, n)
+        row("minimal loop (no ids, no propagation)", raw, n)
         row(f"mount(8)/umount(8) x{args.cli_mounts} (extrap.)", cli, args.cli_mounts)
-        ratio = (eng[0] + eng[1]) / (raw[0] + raw[1])
-        out.write(f"engine/raw: apply {eng[0] / raw[0]:.2f}x  destroy {eng[1] / raw[1]:.2f}x  total {ratio:.2f}x\n")
+        for label, times, base_times in (
+            ("engine / same-syscalls loop", eng, same),
+            ("engine / minimal loop", eng, raw),
+            ("first apply / same-syscalls loop", cold, same),
+        ):
+            ratio = (times[0] + times[1]) / (base_times[0] + base_times[1])
+            out.write(
+                f"{label}: apply {times[0] / base_times[0]:.2f}x  destroy {times[1] / base_times[1]:.2f}x"
+                f"  total {ratio:.2f}x\n"
+            )
         out.write(f"mount(8)/engine total: {((cli[0] + cli[1]) / args.cli_mounts) / ((eng[0] + eng[1]) / n):.1f}x\n")
         if args.profile:
             prof = cProfile.Profile()

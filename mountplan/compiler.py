@@ -19,6 +19,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -110,12 +111,26 @@ class CompiledPlan:
     """The step graph plus its deterministic order."""
 
     plan: Plan
-    graph: nx.DiGraph[str] = field(compare=False)
     steps: tuple[Step, ...]
     mount_order: tuple[str, ...]
     edges: tuple[Edge, ...]
     _chains: dict[str, list[Step]] = field(default_factory=dict, compare=False, repr=False)
     _by_id: dict[str, Step] = field(default_factory=dict, compare=False, repr=False)
+    #: What _step_graph needs, kept until the graph is first asked for.
+    _graph_parts: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    _graph: list[nx.DiGraph[str]] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def graph(self) -> nx.DiGraph[str]:
+        """The networkx step graph (node = step id), built on first use.
+
+        Executing a plan needs only the ordered steps; building 8-odd graph nodes
+        per mount is left to the callers that render or inspect the graph.
+        """
+        if not self._graph:
+            with _no_gc():
+                self._graph.append(_step_graph(*self._graph_parts))
+        return self._graph[0]
 
     def chain(self, mount: str) -> tuple[Step, ...]:
         """The steps of one mount, in order."""
@@ -416,7 +431,6 @@ def _assemble(
     for edge in edges:
         before, after = (edge.after, edge.before) if reverse else (edge.before, edge.after)
         links.append((chains[before][-1].id, chains[after][0].id, edge.reason))
-    graph = _step_graph(roots, members, links)
     # Chains are linear and inter-chain edges run from the end of one chain to
     # the start of another, so chains expanded in mount order are a topological
     # order of the step graph; sorting ~8 steps a mount through networkx would
@@ -425,7 +439,8 @@ def _assemble(
     for name in order:
         steps.extend(chains[name])
     return CompiledPlan(
-        plan=plan, graph=graph, steps=tuple(steps), mount_order=order, edges=edges, _chains=chains
+        plan=plan, steps=tuple(steps), mount_order=order, edges=edges, _chains=chains,
+        _graph_parts=(roots, members, links),
     )
 
 

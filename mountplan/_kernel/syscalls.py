@@ -327,6 +327,12 @@ def move_mount(
         _raise(-ret, "move_mount", [shown_target or to_path], flag_names(flags, MoveMountFlag))
 
 
+def _openat2(dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, mode: int) -> int:
+    how = struct.pack("<QQQ", int(flags), mode, int(resolve))
+    buf = ctypes.create_string_buffer(how, len(how))
+    return _libc.syscall("openat2", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), buf, ctypes.c_size_t(len(how)))
+
+
 def openat2(
     dirfd: int,
     path: str,
@@ -336,15 +342,26 @@ def openat2(
     shown: str = "",
 ) -> Fd:
     """``openat2`` with a resolve policy; the way every target is pinned beneath a root."""
-    how = struct.pack("<QQQ", int(flags), mode, int(resolve))
-    buf = ctypes.create_string_buffer(how, len(how))
-    ret = _libc.syscall(
-        "openat2",
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(_path(path)),
-        buf,
-        ctypes.c_size_t(len(how)),
-    )
+    ret = _openat2(dirfd, path, flags, resolve, mode)
+    if ret < 0:
+        _raise(
+            -ret,
+            "openat2",
+            [shown or path],
+            f"{flag_names(flags, OpenFlag)} resolve={flag_names(resolve, Resolve)}",
+        )
+    return Fd(ret, f"openat2:{shown or path}")
+
+
+def openat2_if_exists(dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, shown: str = "") -> Fd | None:
+    """Like :func:`openat2`, but None when ``path`` does not exist (ENOENT).
+
+    The existence probe before creating a mountpoint: for a fresh apply the
+    answer is nearly always "no", and an exception per mount is a real cost.
+    """
+    ret = _openat2(dirfd, path, flags, resolve, 0)
+    if ret == -errno.ENOENT:
+        return None
     if ret < 0:
         _raise(
             -ret,

@@ -27,6 +27,7 @@ CALLS = (
     "mount_setattr",
     "move_mount",
     "openat2",
+    "openat2_if_exists",
     "mkdirat",
     "statx_mount_ids",
     "umount_at",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import _plans
 import pytest
 
 from mountplan.compiler import CompiledPlan, compile_apply
-from mountplan.engine import Engine
+from mountplan.engine import Engine, executor
 from mountplan.engine.backend import FaultInjector, KernelBackend
 from mountplan.engine.state import StateStore
 from mountplan.errors import ExecutionError
@@ -38,12 +40,27 @@ class _StepTracer:
         return wrapper
 
 
-class _TracingEngine(Engine):
-    """An Engine that tells its tracer which step runs: the oracle for ``ExecutionError.step``."""
+@contextlib.contextmanager
+def _steps_told_to(tracer: _StepTracer) -> Iterator[None]:
+    """Make the engine tell ``tracer`` which step runs: the oracle for ``ExecutionError.step``.
 
-    def _run_step(self, step: Any, *args: Any, **kwargs: Any) -> None:
-        self.backend.step = step.id
-        super()._run_step(step, *args, **kwargs)
+    Wraps the engine's step handlers (this test runs in a forked sandbox, so the
+    patch never outlives it).
+    """
+    original = dict(executor._STEP_HANDLERS)
+
+    def telling(handler: Callable[..., None]) -> Callable[..., None]:
+        def run(engine: Engine, step: Any, *args: Any) -> None:
+            tracer.step = step.id
+            handler(engine, step, *args)
+
+        return run
+
+    executor._STEP_HANDLERS.update({kind: telling(h) for kind, h in original.items()})
+    try:
+        yield
+    finally:
+        executor._STEP_HANDLERS.update(original)
 
 
 def _setup(base: Path, root_dir: str) -> tuple[str, str]:
@@ -56,8 +73,9 @@ def _setup(base: Path, root_dir: str) -> tuple[str, str]:
 
 def _trace_clean_apply(plan: Plan, compiled: CompiledPlan, root_dir: str, state_dir: str) -> list[tuple[str, str]]:
     tracer = _StepTracer()
-    engine = _TracingEngine(backend=tracer, state_dir=state_dir)
-    engine.apply(plan, {"r": root_dir}, compiled=compiled)
+    engine = Engine(backend=tracer, state_dir=state_dir)
+    with _steps_told_to(tracer):
+        engine.apply(plan, {"r": root_dir}, compiled=compiled)
     trace = list(tracer.trace)
     engine.destroy(plan, {"r": root_dir})
     return trace
