@@ -4,7 +4,7 @@ Runs inside a private mount namespace it makes itself (re-exec under
 ``unshare -m --propagation private`` as root, else mountplan.testing.run_in_sandbox),
 so nothing reaches the host's mount table. Prints median µs per mount.
 
-    .venv/bin/python bench/bench_engine.py [--mounts 1000] [--runs 5] [--cli-mounts 200] [--profile] [--what-if] [--on-disk]
+    .venv/bin/python bench/bench_engine.py [--mounts 1000] [--runs 5] [--cli-mounts 200] [--profile] [--on-disk]
 """
 
 from __future__ import annotations
@@ -255,43 +255,14 @@ def bench(args: argparse.Namespace) -> str:
     return out.getvalue()
 
 
-def apply_what_if() -> None:
-    """Patch in the fixes proposed in docs/performance.md, to measure them without editing the engine:
-    debug/info events dropped before structlog renders them, and Plan.mount as a dict lookup.
-    """
-    import logging
-
-    import structlog
-
-    from mountplan.engine import executor
-    from mountplan.model import Plan as PlanType
-
-    executor.log = structlog.wrap_logger(
-        logging.getLogger("mountplan"), wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-    )
-    index: dict[int, dict[str, MountSpec]] = {}
-    original = PlanType.mount
-
-    def mount(self: PlanType, name: str) -> MountSpec:
-        by_name = index.get(id(self))
-        if by_name is None:
-            by_name = index[id(self)] = {m.name: m for m in self.mounts}
-        return by_name[name] if name in by_name else original(self, name)
-
-    PlanType.mount = mount  # type: ignore[method-assign]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mounts", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cli-mounts", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="cProfile one engine apply+destroy")
-    parser.add_argument("--what-if", action="store_true", help="measure with the proposed engine fixes patched in")
     parser.add_argument("--on-disk", action="store_true", help="put the root in $TMPDIR, not on a private tmpfs")
     args = parser.parse_args()
-    if args.what_if:
-        apply_what_if()
     if os.environ.get(INNER) == "1":
         sys.stdout.write(bench(args))
     elif is_privileged() and shutil.which("unshare"):

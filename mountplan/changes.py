@@ -220,7 +220,7 @@ def diff(
     root_paths: Mapping[str, str],
     fingerprints: Mapping[str, str],
     *,
-    prune: bool = True,
+    prune: bool,
 ) -> ChangeSet:
     """Classify each planned mount.
 

@@ -327,10 +327,22 @@ def move_mount(
         _raise(-ret, "move_mount", [shown_target or to_path], flag_names(flags, MoveMountFlag))
 
 
-def _openat2(dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, mode: int) -> int:
+def _openat2(
+    dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, mode: int, shown: str, *, missing_ok: bool
+) -> Fd | None:
     how = struct.pack("<QQQ", int(flags), mode, int(resolve))
     buf = ctypes.create_string_buffer(how, len(how))
-    return _libc.syscall("openat2", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), buf, ctypes.c_size_t(len(how)))
+    ret = _libc.syscall("openat2", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), buf, ctypes.c_size_t(len(how)))
+    if ret == -errno.ENOENT and missing_ok:
+        return None
+    if ret < 0:
+        _raise(
+            -ret,
+            "openat2",
+            [shown or path],
+            f"{flag_names(flags, OpenFlag)} resolve={flag_names(resolve, Resolve)}",
+        )
+    return Fd(ret, f"openat2:{shown or path}")
 
 
 def openat2(
@@ -342,15 +354,9 @@ def openat2(
     shown: str = "",
 ) -> Fd:
     """``openat2`` with a resolve policy; the way every target is pinned beneath a root."""
-    ret = _openat2(dirfd, path, flags, resolve, mode)
-    if ret < 0:
-        _raise(
-            -ret,
-            "openat2",
-            [shown or path],
-            f"{flag_names(flags, OpenFlag)} resolve={flag_names(resolve, Resolve)}",
-        )
-    return Fd(ret, f"openat2:{shown or path}")
+    fd = _openat2(dirfd, path, flags, resolve, mode, shown, missing_ok=False)
+    assert fd is not None
+    return fd
 
 
 def openat2_if_exists(dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, shown: str = "") -> Fd | None:
@@ -359,17 +365,7 @@ def openat2_if_exists(dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, 
     The existence probe before creating a mountpoint: for a fresh apply the
     answer is nearly always "no", and an exception per mount is a real cost.
     """
-    ret = _openat2(dirfd, path, flags, resolve, 0)
-    if ret == -errno.ENOENT:
-        return None
-    if ret < 0:
-        _raise(
-            -ret,
-            "openat2",
-            [shown or path],
-            f"{flag_names(flags, OpenFlag)} resolve={flag_names(resolve, Resolve)}",
-        )
-    return Fd(ret, f"openat2:{shown or path}")
+    return _openat2(dirfd, path, flags, resolve, 0, shown, missing_ok=True)
 
 
 def mkdirat(dirfd: int, name: str, mode: int, shown: str = "") -> None:

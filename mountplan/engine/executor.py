@@ -250,19 +250,17 @@ class Engine:
         """Make every planned mount; undo everything on failure."""
         detect().require()
         compiled = compiled or compiled_for(plan)
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, roots), needed) as rootset:
+        with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
                 self._recover_store(store)
-                state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
+                state = self._load_or_new(store, plan, rootset)
                 return self._apply_locked(plan, compiled, rootset, store, state, prune)
 
     def destroy(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> DestroyResult:
         """Unmount every mount this plan instance made, innermost first, and remove its mountpoints."""
         detect().require()
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, roots), needed) as rootset:
+        with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
                 self._recover_store(store)
@@ -285,12 +283,20 @@ class Engine:
 
     def load_state(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> tuple[StateStore, State | None]:
         """The state store and committed state of a plan instance (no lock, read only)."""
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, roots), needed) as rootset:
+        with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             return store, store.load()
 
     # ================================================================== helpers
+
+    @staticmethod
+    def _open_roots(plan: Plan, roots: Mapping[str, str | int] | None) -> RootSet:
+        """Open the roots ``plan``'s mounts use (run-time overrides applied)."""
+        return open_roots(root_paths(plan, roots), sorted({m.root for m in plan.mounts}))
+
+    def _load_or_new(self, store: StateStore, plan: Plan, rootset: RootSet) -> State:
+        """The committed state, or an empty one for a plan instance never applied."""
+        return store.load() or State(plan=plan.name, roots=self._root_json(rootset))
 
     @staticmethod
     def _root_json(rootset: RootSet) -> dict[str, dict[str, Any]]:
@@ -323,22 +329,19 @@ class Engine:
 
     # ================================================================== apply
 
-    def _diff(
-        self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable | None = None
-    ) -> ChangeSet:
+    @staticmethod
+    def _diff(plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable) -> ChangeSet:
         managed = {m.name: (m.mnt_id, m.root, m.target, m.fingerprint) for m in state.mounts}
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
-        return diff(plan, managed, live if live is not None else read_live_table(), paths, prints, prune=prune)
+        return diff(plan, managed, live, paths, prints, prune=prune)
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, roots), needed) as rootset:
+        with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            state = store.load() or State(plan=plan.name, roots=self._root_json(rootset))
-            return self._diff(plan, rootset, state, prune=prune)
+            return self._diff(plan, rootset, self._load_or_new(store, plan, rootset), prune=prune, live=read_live_table())
 
     def save_plan(
         self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False
@@ -361,8 +364,7 @@ class Engine:
             raise PlanError(
                 [Diagnostic(plan.source_file, 1, 1, Severity.ERROR, "the plan file changed while it was being planned; run again")]
             )
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, roots), needed) as rootset:
+        with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             committed = store.load()
             state = committed or State(plan=plan.name, roots=self._root_json(rootset))
@@ -390,11 +392,10 @@ class Engine:
 
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
-        compiled = compile_apply(plan)
+        compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
         paths.update(roots or {})
-        needed = sorted({m.root for m in plan.mounts})
-        with open_roots(root_paths(plan, paths), needed) as rootset:
+        with self._open_roots(plan, paths) as rootset:
             saved.check_roots(self._root_json(rootset))
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
@@ -405,13 +406,13 @@ class Engine:
                 saved.check_live(committed, self._snapshot(rootset, state, live))
                 changes = self._diff(plan, rootset, state, prune=saved.prune, live=live)
                 saved.check_changes(changes.to_json())
-                return self._apply_locked(plan, compiled, rootset, store, state, saved.prune, changes)
+                return self._apply_locked(plan, compiled, rootset, store, state, saved.prune, (changes, live))
 
     @staticmethod
     def _snapshot(rootset: RootSet, state: State, live: LiveTable) -> list[dict[str, Any]]:
         return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])
 
-    def _update_in_place(self, spec: MountSpec, root: RootHandle, change: Change, plog: Any) -> None:
+    def _update_in_place(self, spec: MountSpec, root: RootHandle, change: Change, live: LiveTable, plog: Any) -> None:
         """Fix drift without a remount: mount_setattr, and fspick + reconfigure for options.
 
         What the mount had before is journaled first, so a failure later in the
@@ -424,7 +425,7 @@ class Engine:
             ids = k.statx_mount_ids(target.fileno())
             if ids.mnt_id != change.mnt_id:
                 raise ExecutionError(f"mount at {root.name}:{spec.target} is not the one mountplan made", step=f"{spec.name}:update")
-            restore = self._restore_info(spec, change, ids.unique)
+            restore = self._restore_info(spec, change, live, ids.unique)
             assert self._tx is not None
             store, undo = self._tx
             seq = store.journal_write(
@@ -458,9 +459,12 @@ class Engine:
         plog.info("mount.updated", mount=spec.name, fields=sorted(fields))
 
     @staticmethod
-    def _restore_info(spec: MountSpec, change: Change, unique: bool) -> dict[str, Any]:
-        """The live attributes, propagation and changed options of a mount about to be updated."""
-        table = read_live_table()
+    def _restore_info(spec: MountSpec, change: Change, table: LiveTable, unique: bool) -> dict[str, Any]:
+        """The attributes, propagation and planned options a mount about to be updated has.
+
+        ``table`` is the one the diff read under the lock; earlier updates in this
+        apply touch other mounts only (mount_setattr without AT_RECURSIVE).
+        """
         assert change.mnt_id is not None
         live = table.by_id(change.mnt_id) if unique else table.by_old_id(change.mnt_id)
         if live is None:
@@ -523,13 +527,16 @@ class Engine:
         store: StateStore,
         state: State,
         prune: bool = False,
-        changes: ChangeSet | None = None,
+        planned: tuple[ChangeSet, LiveTable] | None = None,
     ) -> ApplyResult:
-        """Carry out ``changes`` (computed now unless given, e.g. by a saved plan)."""
+        """Carry out the changes (computed now unless ``planned`` gives them and the table they came from)."""
         pruned: list[str] = []
         plog = log.bind(plan=plan.name)
-        if changes is None:
-            changes = self._diff(plan, rootset, state, prune=prune)
+        if planned is None:
+            live = read_live_table()
+            changes = self._diff(plan, rootset, state, prune=prune, live=live)
+        else:
+            changes, live = planned
         unchanged = [c.mount for c in changes.changes if c.action is Action.NOOP]
         for foreign in changes.foreign:
             plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
@@ -568,7 +575,7 @@ class Engine:
                 if change.action is Action.UPDATE and managed is not None:
                     spec = specs[name]
                     where = (f"{name}:update", "update in place: " + ", ".join(f.field for f in change.fields))
-                    self._update_in_place(spec, rootset[spec.root], change, plog)
+                    self._update_in_place(spec, rootset[spec.root], change, live, plog)
                     new_prints.append((managed, fingerprint(spec)))
                     updated.append(name)
                     continue

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 from mountplan.errors import PlanError, StalePlanError
 from mountplan.livetable import LiveMount, LiveTable
 
-from .state import State
+from .state import State, write_atomic
 
 KIND = "mountplan/saved-plan"
 FORMAT_VERSION = 1
@@ -196,15 +195,7 @@ class SavedPlan:
 
     def write(self, path: str) -> None:
         """Write atomically (a reviewer never sees half a plan file)."""
-        data = (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        tmp = f"{path}.tmp.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_atomic(path, (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def read_saved_plan(path: str) -> SavedPlan | None:

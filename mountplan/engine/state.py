@@ -60,6 +60,28 @@ def _journal_line(seq: int, entry: dict[str, Any]) -> str:
     return ",".join(parts) + "}\n"
 
 
+def write_atomic(path: str, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data``: write a temporary file, fsync, rename, fsync the directory.
+
+    A reader (or a crash) sees the old file or the new one, never a part.
+    """
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def default_state_dir() -> str:
     """``/run/mountplan`` for root, else ``$XDG_RUNTIME_DIR/mountplan`` (or /tmp fallback)."""
     if os.geteuid() == 0:
@@ -131,12 +153,6 @@ class State:
             "roots": self.roots,
             "mounts": [m.to_json() for m in self.mounts],
         }
-
-    def managed(self, name: str) -> ManagedMount | None:
-        for m in self.mounts:
-            if m.name == name:
-                return m
-        return None
 
 
 class StateStore:
@@ -219,22 +235,10 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.state_path)
             return
-        tmp = f"{self.state_path}.tmp.{os.getpid()}"
         # Compact on purpose: indent= makes json fall back to its pure-Python
         # encoder, a real cost for thousands of mounts (`jq .` reads it fine).
         data = json.dumps(state.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.state_path)
-        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.state_path, data, 0o600)
 
     # ------------------------------------------------------------------ journal
 
