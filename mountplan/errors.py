@@ -105,21 +105,58 @@ def _rebuild_kernel_error(
 
 
 class FeatureMissingError(KernelError):
-    """The running kernel lacks a syscall mountplan needs; raised before any change."""
+    """A syscall mountplan needs is unusable here; raised before any change.
+
+    ``cause`` says why, and the hint gives the matching fix: ``"old-kernel"``
+    (ENOSYS: "needs Linux X or newer"), ``"seccomp"`` (EPERM from the container's
+    syscall filter), ``"capability"`` (EPERM: no CAP_SYS_ADMIN, "run as root or
+    with --unshare"), ``"capability+seccomp"`` (both), ``"eperm"`` (EPERM that
+    neither explains).
+    """
 
     exit_code = 5
 
-    def __init__(self, syscall: str, since: str, err: int = _errno.ENOSYS) -> None:
-        super().__init__(
-            err,
-            syscall,
-            hint=f"{syscall} needs Linux {since} or newer (or it is blocked by seccomp)",
-        )
+    def __init__(
+        self,
+        syscall: str,
+        since: str,
+        err: int = _errno.ENOSYS,
+        *,
+        cause: str = "old-kernel",
+        hint: str = "",
+    ) -> None:
+        super().__init__(err, syscall, hint=hint or self.explain(syscall, since, cause))
         self.syscall = syscall
         self.since = since
+        self.cause = cause
+
+    @classmethod
+    def explain(cls, syscall: str, since: str, cause: str) -> str:
+        """The hint for ``syscall`` being unusable because of ``cause``."""
+        explanations = {
+            "old-kernel": "{syscall} needs Linux {since} or newer",
+            "seccomp": (
+                "{syscall} is blocked by seccomp (the container's syscall filter): allow {syscall} "
+                "in its seccomp profile (the syscall needs Linux {since} or newer)"
+            ),
+            "capability": "{syscall} needs CAP_SYS_ADMIN: run as root or with --unshare",
+            "capability+seccomp": (
+                "{syscall} needs CAP_SYS_ADMIN (run as root or with --unshare), and the seccomp filter "
+                "(the container's syscall filter) blocks the new mount API (fsconfig) as well"
+            ),
+            "eperm": (
+                "{syscall} answered EPERM although neither a seccomp filter nor a missing CAP_SYS_ADMIN "
+                "explains it (a security module such as AppArmor or SELinux may deny it)"
+            ),
+        }
+        return explanations.get(cause, explanations["old-kernel"]).format(syscall=syscall, since=since)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FeatureMissingError, (self.syscall, self.since, self.errno))
+        return (self._rebuild, (self.syscall, self.since, self.errno, self.cause, self.hint))
+
+    @classmethod
+    def _rebuild(cls, syscall: str, since: str, err: int, cause: str, hint: str) -> FeatureMissingError:
+        return cls(syscall, since, err, cause=cause, hint=hint)
 
 
 class PlanError(MountplanError):

@@ -5,6 +5,11 @@ Every wrapper checks its return value, retries EINTR, and raises
 the errno. Calls on a filesystem context (fsconfig on an fsopen/fspick fd) also
 drain the context's message log so the error carries the kernel's own words,
 e.g. ``tmpfs: Bad value for 'size'``.
+
+Test seam: when ``MOUNTPLAN_KERNEL_PROFILE`` (read once, at import) names an
+emulated kernel older than 6.8 (see :mod:`mountplan._kernel.emulation` and
+``scripts/emulate-kernel``), :func:`statx_mount_ids` asks only for the 32-bit
+``STATX_MNT_ID`` and reports ``unique=False``, exactly as a 5.12-6.7 kernel does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 from mountplan.errors import KernelError
 
 from . import _libc
+from . import emulation as _emulation
 from .constants import (
     MOUNT_ATTR_ATIME_MASK,
     AtFlag,
@@ -393,18 +399,30 @@ _STATX_SIZE = 256
 _STX_MASK_OFFSET = 0
 _STX_MNT_ID_OFFSET = 144
 
+# Test seam: a profile older than 6.8 in MOUNTPLAN_KERNEL_PROFILE (scripts/emulate-kernel)
+# makes statx_mount_ids ask for the 32-bit id only, exactly what a 5.12-6.7 kernel
+# answers. Read once at import; a seccomp errno filter cannot fake a missing mask bit.
+_ACTIVE_PROFILE = _emulation.active_profile()
+_HIDE_UNIQUE_MOUNT_ID = _ACTIVE_PROFILE is not None and not _ACTIVE_PROFILE.has_unique_mount_ids
+
 
 def statx_mount_ids(dirfd: int, path: str = "", flags: AtFlag = AtFlag.EMPTY_PATH) -> MountIds:
-    """Mount id of the object: the unique 64-bit one (6.8+) or the old reusable one."""
+    """Mount id of the object: the unique 64-bit one (6.8+) or the old reusable one.
+
+    Under an emulated kernel profile older than 6.8 (``MOUNTPLAN_KERNEL_PROFILE``,
+    see :mod:`mountplan._kernel.emulation`) only the 32-bit id is requested and
+    ``unique`` is False, as on such a kernel.
+    """
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    mask = StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID
-    ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID_UNIQUE), buf)
-    if ret < 0:
-        _raise(-ret, "statx", [path] if path else [], flag_names(mask, StatxMask))
-    (got,) = struct.unpack_from("<I", buf.raw, _STX_MASK_OFFSET)
-    (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
-    if got & StatxMask.MNT_ID_UNIQUE:
-        return MountIds(mnt_id, True)
+    if not _HIDE_UNIQUE_MOUNT_ID:
+        mask = StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID
+        ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID_UNIQUE), buf)
+        if ret < 0:
+            _raise(-ret, "statx", [path] if path else [], flag_names(mask, StatxMask))
+        (got,) = struct.unpack_from("<I", buf.raw, _STX_MASK_OFFSET)
+        (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
+        if got & StatxMask.MNT_ID_UNIQUE:
+            return MountIds(mnt_id, True)
     # Older kernels ignore the unique bit; ask for the 32-bit id explicitly.
     ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID), buf)
     if ret < 0:
