@@ -43,7 +43,7 @@ from . import _libc
 from .constants import AtFlag
 from .syscalls import statx_mount_ids
 
-__all__ = ["REQUIRED", "SINCE", "Availability", "Features", "detect", "probe"]
+__all__ = ["REQUIRED", "SINCE", "Availability", "Features", "detect", "has_mount_capability", "probe"]
 
 #: syscall → first kernel version that has it.
 SINCE: dict[str, str] = {
@@ -133,7 +133,7 @@ def _seccomp_filtered() -> bool | None:
     return None if mode is None else mode != "0"
 
 
-def _has_mount_capability() -> bool:
+def has_mount_capability() -> bool:
     """CAP_SYS_ADMIN over our mount namespace: what fsopen's ``may_mount()`` checks."""
     cap_eff = _status_field("CapEff")
     if cap_eff is None or not int(cap_eff, 16) >> _CAP_SYS_ADMIN & 1:
@@ -231,7 +231,7 @@ def probe() -> Features:
     """Probe the kernel now (uncached; use :func:`detect` in mountplan itself)."""
     errs = {name: _probe_errno(name) for name in SINCE}
     filtered = _seccomp_filtered()
-    capable = _has_mount_capability() if any(errs[n] == errno.EPERM for n in _CAPABILITY_CHECKED) else True
+    capable = has_mount_capability() if any(errs[n] == errno.EPERM for n in _CAPABILITY_CHECKED) else True
     family_blocked = errs["fsconfig"] == errno.EPERM
     causes = {name: _classify(name, err, filtered, capable, family_blocked) for name, err in errs.items()}
     return Features(

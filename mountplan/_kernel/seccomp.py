@@ -29,7 +29,7 @@ from mountplan.errors import KernelError
 from . import _libc
 from .emulation import ENV_VAR, PROFILES, Profile, profile
 
-__all__ = ["build_filter", "install", "main"]
+__all__ = ["build_filter", "install", "load_filter", "main"]
 
 # <linux/filter.h>, <linux/seccomp.h>, <linux/audit.h>, <linux/prctl.h>
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -93,8 +93,13 @@ class _SockFprog(ctypes.Structure):
 
 def install(emulated: Profile) -> None:
     """Load ``emulated``'s filter into this process (and everything it starts). Irreversible."""
-    audit_arch, seccomp_nr = _arch()
-    code = build_filter(emulated.denied, audit_arch)
+    audit_arch, _ = _arch()
+    load_filter(build_filter(emulated.denied, audit_arch))
+
+
+def load_filter(code: bytes) -> None:
+    """Set NO_NEW_PRIVS and load the BPF program ``code`` with seccomp(2). Irreversible."""
+    _, seccomp_nr = _arch()
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     prctl = _libc._libc.prctl
