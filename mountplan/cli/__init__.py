@@ -1,15 +1,18 @@
 """The ``mountplan`` command line: parse arguments, call the API, render, map exit codes.
 
+All text output goes through :mod:`mountplan.cli._output`, which escapes control
+characters (names chosen by a root's contents or a sandboxed process reach it).
+
 Exit codes (stable, documented in docs/cli.md):
 
   0  success (``plan --detailed-exitcode``: no changes)
   1  unexpected internal error
-  2  invalid plan or command-line usage
+  2  invalid plan, plan file or saved plan, or command-line usage
   3  a root is missing or unusable
   4  a step failed (kernel error); rollback result is in the message
   5  the kernel lacks a required syscall
   6  the state lock is held by another mountplan
-  7  the state file is unreadable
+  7  the state directory or a file in it is unusable
   8  a saved plan is stale (the live table changed)
   10 ``plan --detailed-exitcode``: changes are pending
 """
@@ -17,7 +20,6 @@ Exit codes (stable, documented in docs/cli.md):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -26,30 +28,15 @@ from typing import Any
 from mountplan.errors import MountplanError, PlanError, RootError
 
 from . import logs
+from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
+from ._output import ArgumentParser, err, out, out_json
 
-
-class UsageError(MountplanError):
-    """A command line that parses but makes no sense."""
-
-    exit_code = 2
-
+__all__ = ["UsageError", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_CHANGES = 10
-
-
-def _parse_root(text: str) -> tuple[str, str | int]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=DIR or NAME=fd:N, got {text!r}")
-    if value.startswith("fd:"):
-        try:
-            return name, int(value[3:])
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad fd number in {text!r}") from None
-    return name, value
 
 
 def _roots(args: argparse.Namespace) -> dict[str, str | int]:
@@ -75,9 +62,9 @@ def _engine(args: argparse.Namespace) -> Any:
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        out_json(data)
     elif text:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        out(text if text.endswith("\n") else text + "\n")
 
 
 # --------------------------------------------------------------------------- commands
@@ -95,11 +82,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         results.append({"file": path, "valid": not errors, "diagnostics": [d.to_json() for d in diags]})
         if not args.json:
             for d in diags:
-                sys.stderr.write(f"{d}\n")
+                err(f"{d}\n")
             if not errors and not args.quiet:
-                sys.stdout.write(f"{path}: valid\n")
+                out(f"{path}: valid\n")
     if args.json:
-        sys.stdout.write(json.dumps({"format": 1, "results": results}, indent=2, sort_keys=True) + "\n")
+        out_json({"format": 1, "results": results})
     return EXIT_USAGE if failed else EXIT_OK
 
 
@@ -154,6 +141,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mountplan.changes import render
     from mountplan.compiler import compile_apply
 
+    if args.out:
+        check_out_path(args.out)  # before anything is computed or printed
     plan = _load(args.plan)
     if args.out:
         saved, changes = _engine(args).save_plan(plan, _roots(args), prune=args.prune)
@@ -168,11 +157,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         text = render(changes)
         if args.steps:
             text += "\nSteps for a fresh apply:\n" + "\n".join(compile_apply(plan).transcript()) + "\n"
-        sys.stdout.write(text)
+        out(text)
     if args.out:
-        saved.write(args.out)
+        try:
+            saved.write(args.out)
+        except OSError as exc:  # checked above; this is a race or a full disk
+            raise UsageError(f"plan -o {args.out}: cannot write the saved plan: {exc.strerror or exc}") from None
         if not args.json:
-            sys.stdout.write(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n    mountplan apply {args.out}\n")
+            out(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n    mountplan apply {args.out}\n")
     return EXIT_CHANGES if args.detailed_exitcode and changes.has_changes else EXIT_OK
 
 
@@ -184,7 +176,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         _emit(args, changes.to_json(), "")
     else:
-        sys.stdout.write(render(changes))
+        out(render(changes))
     return EXIT_CHANGES if changes.has_drift else EXIT_OK
 
 
@@ -223,9 +215,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     plan = _load(args.plan, strict_kernel=False)
     compiled = compile_destroy(plan) if args.destroy else compile_apply(plan)
     if args.format == "mermaid":
-        sys.stdout.write(render_mermaid(compiled))
+        out(render_mermaid(compiled))
     else:
-        sys.stdout.write(render_dot(compiled, steps=args.steps))
+        out(render_dot(compiled, steps=args.steps))
     return EXIT_OK
 
 
@@ -237,7 +229,7 @@ def cmd_steps(args: argparse.Namespace) -> int:
     if args.json:
         _emit(args, {"format": 1, "plan": plan.name, "steps": compiled.to_json()}, "")
     else:
-        sys.stdout.write("\n".join(compiled.transcript()) + "\n")
+        out("\n".join(compiled.transcript()) + "\n")
     return EXIT_OK
 
 
@@ -245,24 +237,24 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mountplan",
         description="Declarative mount plans for Linux, applied transactionally with the new mount API.",
     )
     parser.add_argument("--version", action="version", version="mountplan 0.1.0")
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: every step)")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors")
     common.add_argument(
         "--log-format", choices=["auto", "console", "json", "logfmt"], default="auto", help="log rendering on stderr"
     )
-    run = argparse.ArgumentParser(add_help=False)
+    run = ArgumentParser(add_help=False)
     run.add_argument(
-        "--root", action="append", type=_parse_root, metavar="NAME=DIR|NAME=fd:N",
+        "--root", action="append", type=parse_root, metavar="NAME=DIR|NAME=fd:N",
         help="directory (or inherited directory fd) for a named root",
     )
     run.add_argument("--state-dir", help="state and journal directory (default /run/mountplan or $XDG_RUNTIME_DIR/mountplan)")
-    run.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
+    run.add_argument("--lock-timeout", type=parse_lock_timeout, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
 
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
@@ -348,13 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except PlanError as exc:
         for diag in exc.diagnostics:
-            sys.stderr.write(f"{diag}\n")
+            err(f"{diag}\n")
         return exc.exit_code
     except MountplanError as exc:
-        sys.stderr.write(f"mountplan: error: {exc}\n")
+        err(f"mountplan: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("mountplan: interrupted\n")
+        err("mountplan: interrupted\n")
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -362,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line by default, the traceback with -vv
         if verbosity >= 2:
             raise
-        sys.stderr.write(f"mountplan: internal error: {type(exc).__name__}: {exc} (rerun with -vv for a traceback)\n")
+        err(f"mountplan: internal error: {type(exc).__name__}: {exc} (rerun with -vv for a traceback)\n")
         return EXIT_INTERNAL
 
 

@@ -2,14 +2,35 @@
 
 Events always go to stderr: console rendering on a terminal, JSON lines with
 ``--log-format json``. stdout is reserved for command output and ``--json``.
+The console and logfmt renderers write values as they are, so every string value
+is escaped first (:func:`escape_values`): an event's target, source or kernel
+message must not be able to drive the reader's terminal or forge a log line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from mountplan._text import printable, printable_lines
+
+__all__ = ["configure", "escape_values"]
+
+
+def escape_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: C-escape non-printable characters in every string value.
+
+    A formatted traceback (``exception``) keeps its newlines; no other value may
+    span lines. Non-string values are rendered with ``repr()``, which escapes them.
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable_lines(value) if key == "exception" else printable(value)
+    return event_dict
 
 
 def configure(verbosity: int, log_format: str) -> None:
@@ -18,7 +39,10 @@ def configure(verbosity: int, log_format: str) -> None:
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "logfmt"
     renderer: structlog.typing.Processor
+    # A traceback is turned into text first, so that its lines are escaped too.
+    escape: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, escape_values]
     if log_format == "json":
+        escape = []  # json.dumps escapes control characters itself; the values stay exact
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     elif log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -28,6 +52,7 @@ def configure(verbosity: int, log_format: str) -> None:
         processors=[
             structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -2,6 +2,9 @@
 
 An unmount that fails with EBUSY is only actionable when it names the culprit;
 ``fuser -m`` does the same scan. Processes we cannot inspect are skipped.
+Process names and file names come from the processes themselves (a sandboxed
+build names itself and its files as it likes), so they are escaped with
+:func:`mountplan._text.printable` before they reach a message.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 
 from mountplan._kernel import AtFlag, statx_mount_ids
+from mountplan._text import printable
 from mountplan.errors import KernelError
 
 
@@ -22,7 +26,8 @@ def _mnt_id(path: str) -> int | None:
 def find_holders(mnt_id: int, mount_point: str | None = None, *, limit: int = 20) -> list[str]:
     """Describe up to ``limit`` processes holding mount ``mnt_id`` (``pid N (comm): what``)."""
     found: list[str] = []
-    me = os.getpid()
+    # Our own pid as this /proc sees it (it may belong to an outer pid namespace).
+    me = int(os.readlink("/proc/self"))
     for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -38,7 +43,7 @@ def find_holders(mnt_id: int, mount_point: str | None = None, *, limit: int = 20
         for fd in fds:
             if _mnt_id(f"{base}/fd/{fd}") == mnt_id:
                 try:
-                    what = os.readlink(f"{base}/fd/{fd}")
+                    what = printable(os.readlink(f"{base}/fd/{fd}"))
                 except OSError:
                     what = "?"
                 uses.append(f"fd {fd} -> {what}")
@@ -48,14 +53,14 @@ def find_holders(mnt_id: int, mount_point: str | None = None, *, limit: int = 20
                     for line in f:
                         path = line.rstrip("\n").split(None, 5)[5:] or [""]
                         if path[0] == mount_point or path[0].startswith(mount_point.rstrip("/") + "/"):
-                            uses.append(f"maps {path[0]}")
+                            uses.append(f"maps {printable(path[0])}")
                             break
             except OSError:
                 pass
         if uses:
             try:
                 with open(f"{base}/comm", encoding="utf-8", errors="replace") as f:
-                    comm = f.read().strip()
+                    comm = printable(f.read().removesuffix("\n"))
             except OSError:
                 comm = "?"
             found.append(f"pid {entry} ({comm}): {', '.join(uses)}")

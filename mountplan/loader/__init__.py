@@ -15,6 +15,7 @@ from typing import Any
 
 from mountplan.errors import PlanError
 from mountplan.loader._build import build_plan
+from mountplan.loader._files import UnreadableFileError, read_regular_file
 from mountplan.loader._schema import load_schema, validate
 from mountplan.loader._semantic import check_semantics
 from mountplan.loader._yaml import parse
@@ -102,14 +103,16 @@ def load_text(text: str | bytes, *, filename: str = "<string>", strict_kernel: b
 def check_file(
     path: str | os.PathLike[str], *, strict_kernel: bool = False
 ) -> tuple[Plan | None, list[Diagnostic]]:
-    """Like :func:`check` for a file; an unreadable file is a diagnostic at 1:1."""
+    """Like :func:`check` for a file; an unreadable file is a diagnostic at 1:1.
+
+    Only a regular file is read: a FIFO, a device or a directory is a diagnostic
+    too (and never makes the caller wait).
+    """
     filename = os.fspath(path)
     try:
-        with open(filename, "rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return None, [Diagnostic(filename, 1, 1, Severity.ERROR, f"cannot read plan: {reason}")]
+        data = read_regular_file(filename, MAX_FILE_BYTES)
+    except UnreadableFileError as exc:
+        return None, [Diagnostic(filename, 1, 1, Severity.ERROR, f"cannot read plan: {exc}")]
     return check(data, filename=filename, strict_kernel=strict_kernel)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from mountplan.loader._yaml import Document, Path, Position
+from mountplan.loader._yaml import CONTROL_CHARACTER, Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 
 __all__ = ["FS_TYPE_RE", "load_schema", "target_pattern", "validate"]
@@ -80,7 +80,7 @@ _MOUNT_KEYS = frozenset(
     }
 )
 FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_OPTION_KEY_RE = re.compile(r"^[^=,\s]+$")
+_OPTION_KEY_RE = re.compile(r"^[^=,\s\x00-\x1f\x7f-\x9f]+\Z")
 _MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 
@@ -117,7 +117,7 @@ def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.
         return False
     if "root" in mount and not _is_ident(mount["root"], ident):
         return False
-    if "source" in mount and (type(mount["source"]) is not str or not mount["source"]):
+    if "source" in mount and not _is_clean_string(mount["source"]):
         return False
     if "options" in mount and not _is_surely_valid_options(mount["options"]):
         return False
@@ -137,8 +137,7 @@ def _is_surely_valid_mount(mount: object, ident: re.Pattern[str], target_re: re.
 def _is_surely_valid_bind(bind: object, ident: re.Pattern[str]) -> bool:
     if type(bind) is not dict or not bind.keys() <= {"path", "root", "recursive"}:
         return False
-    path = bind.get("path")
-    if type(path) is not str or not path:
+    if not _is_clean_string(bind.get("path")):
         return False
     if "root" in bind and not _is_ident(bind["root"], ident):
         return False
@@ -152,11 +151,21 @@ def _is_surely_valid_options(options: object) -> bool:
         if _OPTION_KEY_RE.search(key) is None:
             return False
         if type(value) is list:
-            if not value or not all(type(item) in (str, int) for item in value):
+            if not value or not all(
+                type(item) is int or (type(item) is str and CONTROL_CHARACTER.search(item) is None) for item in value
+            ):
                 return False
-        elif type(value) not in (str, int, bool):
+        elif type(value) is str:
+            if CONTROL_CHARACTER.search(value) is not None:
+                return False
+        elif type(value) not in (int, bool):
             return False
     return True
+
+
+def _is_clean_string(value: object) -> bool:
+    """A non-empty string without control characters (the schema's rule for kernel-bound strings)."""
+    return type(value) is str and bool(value) and CONTROL_CHARACTER.search(value) is None
 
 
 def _is_surely_valid_mountpoint(mountpoint: object) -> bool:
@@ -286,6 +295,8 @@ class _Translator:
 
     def on_property_name(self, path: Path, error: _Error) -> None:
         key = error.instance
+        if CONTROL_CHARACTER.search(key):
+            return  # the YAML layer reported it, at the key
         pos = self.doc.key_position((*path, key))
         if path == ("roots",):
             self.at(pos, f"invalid root name {key!r}: {_IDENT_RULE}")
@@ -357,6 +368,8 @@ class _Translator:
 
     def on_pattern(self, path: Path, error: _Error) -> None:
         value: str = error.instance
+        if CONTROL_CHARACTER.search(value):
+            return  # the YAML layer reported it, at the string
         pos = self.doc.value_position(path)
         field = _field(path)
         if field == "target":

@@ -8,7 +8,7 @@ from collections import deque
 from typing import Any
 
 from mountplan.loader._schema import FS_TYPE_RE, target_pattern
-from mountplan.loader._yaml import Document, Path, Position
+from mountplan.loader._yaml import CONTROL_CHARACTER, Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 from mountplan.model import ATIME_ATTRS, OVERLAY_PATH_KEYS, normalize_target
 
@@ -154,6 +154,8 @@ class _Checker:
     def check_bind(self, base: Path, bind: object) -> None:
         if not isinstance(bind, dict) or not isinstance(bind.get("path"), str) or not bind["path"]:
             return
+        if CONTROL_CHARACTER.search(bind["path"]):
+            return  # the YAML layer reported it
         path: str = bind["path"]
         root = bind.get("root")
         pos = self.doc.value_position((*base, "bind", "path"))
@@ -204,8 +206,8 @@ class _Checker:
                 continue
             values = value if isinstance(value, list) else [value]
             for index, item in enumerate(values):
-                if not isinstance(item, str):
-                    continue
+                if not isinstance(item, str) or CONTROL_CHARACTER.search(item):
+                    continue  # the schema or the YAML layer reported it
                 parts = item.split(":") if key == "lowerdir" else [item]
                 for part in parts:
                     problem = "" if part.startswith("/") else _relative_path_problem(part)
@@ -276,8 +278,6 @@ def _relative_path_problem(path: str) -> str:
         return "climbs out with '..'"
     if os.path.normpath(path) == ".":
         return "names the root itself"
-    if "\0" in path:
-        return "contains a NUL byte"
     return ""
 
 

@@ -104,7 +104,17 @@ and are rejected:
 - tags other than the core ones (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`,
   `!!map`, `!!seq`), such as `!include` or `!!python/object`;
 - duplicate keys and non-string keys;
-- more than one document, and control characters.
+- more than one document;
+- control characters (U+0000 to U+001F, U+007F to U+009F) in any key or string, written
+  raw or as an escape (`"\\0"`, `"\\e"`, `"\\t"`, the newlines of a block scalar): the
+  kernel ends a string at a NUL, so `size: "1M\\0,uid=0"` would apply as `size=1M` and a
+  bind of `"/srv\\0/../../etc"` would bind `/srv`, and the other control characters
+  would reach every terminal that prints a target or a source.
+
+A comma inside an option value is kept: fsconfig passes the value to the filesystem
+whole (`FSCONFIG_SET_STRING` never splits it), and filesystems that still parse a
+comma-separated option string refuse a value with a comma (`VFS: Legacy: Option ...
+contained comma`), so it cannot smuggle in a second option.
 
 ## Limits
 
