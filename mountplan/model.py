@@ -145,10 +145,17 @@ class MountpointSpec:
 
 @dataclass(frozen=True, slots=True)
 class RootSpec:
-    """A named anchor directory, opened once as a dirfd. ``path`` may come at run time."""
+    """A named anchor directory, opened once as a dirfd. ``path`` may come at run time.
+
+    ``private``: apply first makes the root a private bind mount of itself (undone
+    by destroy), so nothing mounted beneath it propagates to peers of a shared
+    mount the root lies on (runc's rootfs propagation). Without it, apply refuses
+    a root on a shared mount.
+    """
 
     name: str
     path: str | None = None
+    private: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,8 +194,7 @@ def _apply_run_destroy(
     *,
     pid_one: bool,
 ) -> int:
-    engine.apply(plan, roots)
-    try:
+    with engine.session(plan, roots):
         if relay.received:
             rlog.warning("run.cancelled", signal=signal.Signals(relay.received[0]).name)
             return 128 + relay.received[0]
@@ -213,8 +212,6 @@ def _apply_run_destroy(
         code = 128 - code if code < 0 else code
         rlog.info("run.exited", status=code, signals=[signal.Signals(s).name for s in relay.received])
         return code
-    finally:
-        engine.destroy(plan, roots)
 
 
 def _open_chroot(plan: Plan, roots: Mapping[str, str | int] | None, chroot: str | None) -> tuple[int, bool]:

@@ -21,6 +21,7 @@ from .constants import (
     UmountFlag,
     flag_names,
 )
+from .detach import detach_fd
 from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .syscalls import (
@@ -65,6 +66,7 @@ __all__ = [
     "Propagation",
     "Resolve",
     "UmountFlag",
+    "detach_fd",
     "detect",
     "flag_names",
     "fsconfig_create",

@@ -31,6 +31,7 @@ CALLS = (
     "mkdirat",
     "statx_mount_ids",
     "umount_at",
+    "detach_fd",
     "fspick",
     "fsconfig_reconfigure",
 )

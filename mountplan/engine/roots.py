@@ -55,6 +55,11 @@ class RootHandle:
         if self.owned and isinstance(self.fd, Fd):
             self.fd.close()
 
+    def rebind(self, fd: Fd) -> None:
+        """Use ``fd`` (a mount attached on top of this root) from now on; it is ours to close."""
+        self.close()
+        self.fd, self.owned = fd, True
+
 
 class RootSet(Mapping[str, RootHandle]):
     """The roots of one run; closes the ones it opened."""

@@ -13,7 +13,7 @@ import _plans
 import pytest
 
 from mountplan.compiler import CompiledPlan, compile_apply
-from mountplan.engine import Engine, executor
+from mountplan.engine import Engine, attach
 from mountplan.engine.backend import FaultInjector, KernelBackend
 from mountplan.engine.state import StateStore
 from mountplan.errors import ExecutionError
@@ -47,20 +47,20 @@ def _steps_told_to(tracer: _StepTracer) -> Iterator[None]:
     Wraps the engine's step handlers (this test runs in a forked sandbox, so the
     patch never outlives it).
     """
-    original = dict(executor._STEP_HANDLERS)
+    original = dict(attach._STEP_HANDLERS)
 
     def telling(handler: Callable[..., None]) -> Callable[..., None]:
-        def run(engine: Engine, step: Any, *args: Any) -> None:
+        def run(attacher: Any, step: Any, *args: Any) -> None:
             tracer.step = step.id
-            handler(engine, step, *args)
+            handler(attacher, step, *args)
 
         return run
 
-    executor._STEP_HANDLERS.update({kind: telling(h) for kind, h in original.items()})
+    attach._STEP_HANDLERS.update({kind: telling(h) for kind, h in original.items()})
     try:
         yield
     finally:
-        executor._STEP_HANDLERS.update(original)
+        attach._STEP_HANDLERS.update(original)
 
 
 def _setup(base: Path, root_dir: str) -> tuple[str, str]:

@@ -1,0 +1,94 @@
+"""Destroy: unmount every mount a plan instance made, innermost first, and remove its mountpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mountplan.errors import BusyError, ExecutionError, MountplanError, RootError
+
+from .context import Context
+from .removal import CoveredError, Outcome, remove_created, remove_mount
+from .roots import RootSet
+from .state import ManagedMount, State, StateStore
+from .unmount import ForeignMountError
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyResult:
+    """What destroy did: mounts unmounted, and mounts that were already gone."""
+
+    plan: str
+    removed: tuple[str, ...]
+    already_gone: tuple[str, ...]
+
+
+def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any) -> Outcome:
+    """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it."""
+    root = rootset.get(managed.root)
+    if root is None:
+        raise RootError(f"root {managed.root!r} is needed to remove mount {managed.name!r}")
+    outcome = remove_mount(
+        ctx, root, managed.target, managed.mnt_id, managed.unique,
+        recursive=managed.recursive, submounts=managed.submounts, name_=managed.name,
+    )
+    if outcome is Outcome.GONE:
+        log.warning("destroy.gone", mount=managed.name, target=f"{managed.root}:{managed.target}")
+    else:
+        log.info("mount.removed", mount=managed.name, target=f"{managed.root}:{managed.target}")
+    remove_created(ctx, managed.created, root, log)
+    return outcome
+
+
+def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
+    return inner.root == outer.root and inner.target.startswith(outer.target + "/")
+
+
+def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
+    """Remove the state's mounts, newest first; the state is saved after every outcome.
+
+    A mount covered by a foreign one is kept (with every mount it lies beneath)
+    and reported at the end as an error: it is never forgotten.
+    """
+    plog = log.bind(plan=plan_name)
+    removed: list[str] = []
+    gone: list[str] = []
+    kept: list[ManagedMount] = []
+    covered: list[str] = []
+    managed: ManagedMount | None = None
+    try:
+        for managed in list(reversed(state.mounts)):
+            if any(_beneath(k, managed) for k in kept):
+                kept.append(managed)
+                continue
+            try:
+                outcome = remove_managed(ctx, managed, rootset, plog)
+            except ForeignMountError as exc:
+                kept.append(managed)
+                covered.append(str(exc))
+                continue
+            (removed if outcome is Outcome.REMOVED else gone).append(managed.name)
+            state.mounts.remove(managed)
+    except MountplanError as exc:
+        store.save(state)
+        if isinstance(exc, BusyError):
+            assert managed is not None
+            raise BusyError(
+                f"destroy {plan_name!r} stopped: {exc}", step=f"{managed.name}#00:unmount",
+                holders=exc.holders, leftovers=[m.name for m in state.mounts],
+            ) from exc
+        raise
+    except OSError as exc:
+        store.save(state)
+        where = managed.name if managed is not None else "?"
+        raise ExecutionError(f"destroy {plan_name!r} stopped at {where!r}: {exc}") from exc
+    store.save(state)
+    if covered:
+        plog.warning("destroy.kept", mounts=[m.name for m in kept])
+        error = CoveredError if all("covered" in c for c in covered) else ForeignMountError
+        raise error(
+            f"destroy {plan_name!r}: {len(removed)} unmounted, {len(kept)} kept in the state: " + "; ".join(covered),
+            leftovers=[m.name for m in kept],
+        )
+    plog.info("destroy.done", removed=len(removed), already_gone=len(gone))
+    return DestroyResult(plan_name, tuple(removed), tuple(gone))

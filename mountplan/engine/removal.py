@@ -1,0 +1,163 @@
+"""Remove one of our mounts and the mountpoints made for it: destroy, prune, replace, rollback.
+
+The mount is looked for where it was made; if something else is on top there,
+it is *covered*: kept in the state and reported, never forgotten. If a directory
+of its path was renamed away, the mount went along: it is found by its unique
+id and unmounted where it is now (re-proven by id there).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from mountplan._kernel import Fd, Resolve
+from mountplan.errors import BusyError, ExecutionError, KernelError
+from mountplan.livetable import read_live_table
+
+from .context import Context
+from .roots import O_PATH_DIR, RootHandle, resolve_parent
+from .unmount import ForeignMountError, descendants, describe, find_mount, is_ours_at, unmount_owned
+
+
+class Outcome(enum.Enum):
+    REMOVED = "removed"
+    GONE = "gone"
+
+
+class CoveredError(ForeignMountError):
+    """Our mount is still mounted, hidden under one mountplan did not make."""
+
+
+def remove_mount(
+    ctx: Context,
+    root: RootHandle,
+    target: str,
+    mnt_id: int,
+    unique: bool,
+    *,
+    recursive: bool = False,
+    submounts: Sequence[int] = (),
+    name_: str = "",
+) -> Outcome:
+    """Unmount our mount ``mnt_id`` made at ``root:target``, wherever it is now."""
+    shown = f"{root.name}:{target}"
+    point = f"{root.identity.path.rstrip('/')}/{target}"
+    if not target:
+        return _remove_root_bind(ctx, root, mnt_id, unique, submounts)
+    try:
+        parent, name = resolve_parent(ctx.backend, root, target)
+    except KernelError as exc:
+        if exc.errno not in {errno.ENOENT, errno.ENOTDIR}:
+            raise
+    else:
+        try:
+            if is_ours_at(ctx, parent, name, mnt_id):
+                unmount_owned(ctx, parent, name, mnt_id, shown=shown, point=point, recursive=recursive, submounts=submounts)
+                return Outcome.REMOVED
+        finally:
+            parent.close()
+    table = read_live_table()
+    ours = find_mount(table, mnt_id, unique)
+    if ours is None:
+        return Outcome.GONE
+    if ours.mount_point == point:
+        top = table.at(point)[-1]
+        raise CoveredError(
+            f"mount {name_ or target!r} at {shown} (mount id {mnt_id}) is covered by a mount mountplan did not "
+            f"make: {describe(top)}; it stays mounted and in the state; unmount the cover "
+            f"(umount {top.mount_point}) and run this again"
+        )
+    if not unique:
+        # A 32-bit id elsewhere may be a stranger's reuse: never act on it.
+        return Outcome.GONE
+    _remove_elsewhere(ctx, ours.mount_point, mnt_id, recursive=recursive, submounts=submounts)
+    return Outcome.REMOVED
+
+
+def _remove_root_bind(ctx: Context, root: RootHandle, mnt_id: int, unique: bool, submounts: Sequence[int]) -> Outcome:
+    """Remove a root's private bind of itself; anything beneath it that it did not clone keeps it."""
+    table = read_live_table()
+    ours = find_mount(table, mnt_id, unique)
+    if ours is None or (not unique and ours.mount_point != root.identity.path):
+        return Outcome.GONE
+    foreign = [m for m in descendants(table, ours) if (m.mnt_id if m.mnt_id is not None else m.mnt_id_old) not in submounts]
+    if foreign:
+        raise BusyError(
+            f"cannot remove the private bind of root {root.name!r}: mounts mountplan did not make are beneath it: "
+            + ", ".join(describe(m) for m in foreign) + "; unmount them first",
+            holders=[],
+        )
+    # Our own root fd pins the bind, so a plain unmount is EBUSY: with nothing
+    # foreign beneath it, it is detached (unmount_owned's EBUSY path).
+    _remove_elsewhere(ctx, ours.mount_point, mnt_id, recursive=True, submounts=submounts)
+    return Outcome.REMOVED
+
+
+def _remove_elsewhere(ctx: Context, mount_point: str, mnt_id: int, *, recursive: bool, submounts: Sequence[int]) -> None:
+    """Unmount our mount at ``mount_point`` (a directory of its path was renamed), re-proven by id there."""
+    parent_path, _, name = mount_point.rpartition("/")
+    slash = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parent: Fd = ctx.backend.openat2(
+            slash, parent_path.lstrip("/") or ".", O_PATH_DIR, Resolve.NO_SYMLINKS | Resolve.NO_MAGICLINKS,
+            shown=parent_path or "/",
+        )
+    finally:
+        os.close(slash)
+    try:
+        if not is_ours_at(ctx, parent, name, mnt_id):
+            raise CoveredError(f"mount id {mnt_id} at {mount_point} is covered by a mount mountplan did not make")
+        unmount_owned(ctx, parent, name, mnt_id, shown=mount_point, point=mount_point, recursive=recursive, submounts=submounts)
+    finally:
+        parent.close()
+
+
+def remove_path(ctx: Context, root: RootHandle, op: str, path: str, dev: int, ino: int, at: tuple[Fd, str] | None = None) -> None:
+    """Remove a directory or file apply created, if it is still that inode (beneath the root, no symlinks)."""
+    if at is not None:
+        parent, name = at
+    else:
+        try:
+            parent, name = resolve_parent(ctx.backend, root, path)
+        except KernelError as exc:
+            if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+                return
+            raise
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if ino and (st.st_dev, st.st_ino) != (dev, ino):
+            raise ExecutionError(f"{root.name}:{path} is not the {op} mountplan made; left alone")
+        if op == "mkdir":
+            os.rmdir(name, dir_fd=parent.fileno())
+        else:
+            os.unlink(name, dir_fd=parent.fileno())
+    except OSError as exc:
+        raise KernelError(exc.errno or errno.EIO, "rmdir" if op == "mkdir" else "unlink", paths=[f"{root.name}:{path}"]) from None
+    finally:
+        if at is None:
+            parent.close()
+
+
+def remove_created(ctx: Context, created: Sequence[dict[str, Any]], root: RootHandle, log: Any) -> None:
+    """Remove the directories and files apply created for one mount, innermost first.
+
+    A mountpoint someone filled or replaced since is kept: their data beats tidiness.
+    """
+    for item in reversed(created):
+        try:
+            remove_path(ctx, root, str(item["op"]), str(item["path"]), int(item["dev"]), int(item["ino"]))
+        except ExecutionError as exc:
+            log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason=str(exc))
+        except KernelError as exc:
+            if exc.errno in {errno.ENOTEMPTY, errno.EBUSY}:
+                log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason="not empty")
+                continue
+            raise
+

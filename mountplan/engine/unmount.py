@@ -1,0 +1,149 @@
+"""Unmount only what is proven ours: the id check, the unmount, the check after it, EBUSY.
+
+There is no unmount-by-mount-id. The path ``parent/name`` reaches whatever is on
+top of the stack at the moment of the call, and an O_PATH fd on our own mount
+pins it (a plain unmount through it is always EBUSY). So an unmount is: prove
+the mount at ``parent/name`` is ours (its mount id), unmount ``parent/name``
+without following symlinks, then look again: if our id is *still* there, the
+unmount hit a mount someone stacked on ours in between, and that is reported as
+an error, never as success. A submount that a recursive bind did not clone is
+foreign: it is never detached along with ours.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+
+from mountplan._kernel import AtFlag, Fd, MountIds, UmountFlag
+from mountplan.errors import BusyError, ExecutionError, KernelError
+from mountplan.livetable import LiveMount, LiveTable, read_live_table
+
+from .context import Context
+from .holders import find_holders
+
+
+class ForeignMountError(ExecutionError):
+    """A mount mountplan did not make is in the way (on top of ours, or hit by an unmount)."""
+
+
+def mount_ids_at(ctx: Context, parent: Fd, name: str) -> MountIds | None:
+    """Ids of the mount on top at ``parent/name`` (None if the name is gone)."""
+    try:
+        return ctx.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)  # type: ignore[no-any-return]
+    except KernelError as exc:
+        if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+            return None
+        raise
+
+
+def is_ours_at(ctx: Context, parent: Fd, name: str, mnt_id: int) -> bool:
+    """True when the mount on top at ``parent/name`` has our id."""
+    ids = mount_ids_at(ctx, parent, name)
+    return ids is not None and ids.mnt_id == mnt_id
+
+
+def find_mount(table: LiveTable, mnt_id: int, unique: bool) -> LiveMount | None:
+    """Our mount in the live table by the id recorded when we made it."""
+    if unique:
+        return table.by_id(mnt_id)
+    return table.by_old_id(mnt_id)
+
+
+def descendants(table: LiveTable, mount: LiveMount) -> list[LiveMount]:
+    """Every mount attached (directly or not) beneath ``mount``, from the real parent links."""
+    key = _key(mount)
+    children: dict[int, list[LiveMount]] = {}
+    for m in table:
+        parent = table.parent(m)
+        if parent is not None and parent is not m:
+            children.setdefault(_key(parent), []).append(m)
+    out: list[LiveMount] = []
+    todo = list(children.get(key, ()))
+    while todo:
+        m = todo.pop()
+        out.append(m)
+        todo.extend(children.get(_key(m), ()))
+    return out
+
+
+def _key(m: LiveMount) -> int:
+    return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
+
+
+def describe(m: LiveMount) -> str:
+    return f"{m.mount_point} ({m.fs_type} {m.source or '-'}, id {_key(m)})"
+
+
+def unmount_owned(
+    ctx: Context,
+    parent: Fd,
+    name: str,
+    mnt_id: int,
+    *,
+    shown: str,
+    point: str,
+    recursive: bool,
+    submounts: Iterable[int] = (),
+) -> None:
+    """Unmount our mount at ``parent/name`` (just proven ours by the caller) and verify it went.
+
+    ``shown`` names it in messages, ``point`` is its absolute mount point.
+    Raises ForeignMountError when the unmount hit a mount stacked on ours after
+    the check, BusyError when it is busy (naming holders and foreign submounts).
+    """
+    try:
+        ctx.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW, shown=shown)
+    except KernelError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        _unmount_busy(ctx, parent, name, mnt_id, shown, point, recursive=recursive, submounts=set(submounts), cause=exc)
+    if is_ours_at(ctx, parent, name, mnt_id):
+        # The unmount took the top of the stack, and the top was not ours: a
+        # mount was stacked on ours between the id check and umount2.
+        raise ForeignMountError(
+            f"unmounting {shown} removed a mount mountplan did not make: it was mounted on top of ours "
+            f"(mount id {mnt_id}) between the ownership check and the unmount. Ours is still mounted and "
+            "kept in the state; run destroy again once nothing else mounts there"
+        )
+
+
+def _unmount_busy(
+    ctx: Context,
+    parent: Fd,
+    name: str,
+    mnt_id: int,
+    shown: str,
+    point: str,
+    *,
+    recursive: bool,
+    submounts: set[int],
+    cause: KernelError,
+) -> None:
+    table = read_live_table()
+    ours = table.by_id(mnt_id) if table.by_id(mnt_id) is not None else table.by_old_id(mnt_id)
+    below = descendants(table, ours) if ours is not None else []
+    # A recursive bind's clones are ours; anything else beneath is not, and
+    # detaching ours would take it away with it.
+    foreign = [m for m in below if not (recursive and _key(m) in submounts)]
+    ids = {mnt_id} | {_key(m) for m in below}
+    holders = [h for i in sorted(ids) for h in find_holders(i, point if i == mnt_id else None)]
+    if foreign:
+        raise BusyError(
+            f"cannot unmount {shown}: {cause}; mounts mountplan did not make are beneath it: "
+            + ", ".join(describe(m) for m in foreign)
+            + ("; held by " + "; ".join(holders) if holders else "")
+            + "; unmount them first",
+            holders=holders,
+        ) from cause
+    if ctx.lazy or (recursive and not holders):
+        # Nothing foreign beneath and no process holds it: what keeps it busy is
+        # the subtree the recursive bind cloned, which goes with a detach.
+        ctx.backend.umount_at(parent.fileno(), name, UmountFlag.NOFOLLOW | UmountFlag.DETACH, shown=shown)
+        return
+    raise BusyError(
+        f"cannot unmount {shown}: {cause}"
+        + (f"; held by {'; '.join(holders)}" if holders else "; a mount beneath it is in use")
+        + "; stop them or use --lazy to detach",
+        holders=holders,
+    ) from cause
