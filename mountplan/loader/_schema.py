@@ -11,7 +11,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from mountplan.loader._yaml import CONTROL_CHARACTER, Document, Path, Position
+from mountplan.loader._control import CONTROL_CHARACTER
+from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 
 __all__ = ["FS_TYPE_RE", "load_schema", "target_pattern", "validate"]

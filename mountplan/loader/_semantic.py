@@ -7,8 +7,9 @@ import os
 from collections import deque
 from typing import Any
 
+from mountplan.loader._control import CONTROL_CHARACTER
 from mountplan.loader._schema import FS_TYPE_RE, target_pattern
-from mountplan.loader._yaml import CONTROL_CHARACTER, Document, Path, Position
+from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
 from mountplan.model import ATIME_ATTRS, OVERLAY_PATH_KEYS, normalize_target
 

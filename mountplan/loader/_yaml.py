@@ -18,10 +18,11 @@ from yaml.events import (
     StreamEndEvent,
 )
 
+from mountplan.loader._control import control_character_problem
 from mountplan.loader.diagnostics import Diagnostic, Severity
 from mountplan.loader.limits import MAX_DEPTH, MAX_FILE_BYTES
 
-__all__ = ["CONTROL_CHARACTER", "Document", "Path", "Position", "control_character_problem", "parse"]
+__all__ = ["Document", "Path", "Position", "parse"]
 
 Path = tuple[str | int, ...]
 
@@ -44,32 +45,6 @@ _SCALAR_RES = {_NULL: _NULL_RE, _BOOL: _BOOL_RE, _INT: _INT_RE, _FLOAT: _FLOAT_R
 # Characters YAML forbids in a stream (outside the printable set); reported precisely
 # here rather than through the reader's byte offsets.
 _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-#: A control character (C0, DEL, C1) in a string, however it got there: a YAML escape
-#: (``"\0"``, ``"\e"``, ``"\x9b"``), a raw tab, a block scalar's newline. None has a place in
-#: a plan: the kernel ends a string at NUL (``size: "1M\0,uid=0"`` would apply as
-#: ``size=1M``, a bind of ``"/srv\0/../../etc"`` would bind ``/srv``), and the others
-#: turn into terminal commands or forged lines wherever a target or source is printed.
-CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def control_character_problem(text: str) -> str | None:
-    """Why ``text`` cannot be a string in a plan (it holds a control character), or None."""
-    found = CONTROL_CHARACTER.search(text)
-    if found is None:
-        return None
-    shown = text if len(text) <= 64 else text[:61] + "..."
-    char = found.group()
-    if char == "\0":
-        return (
-            f"string {shown!r} contains a NUL byte, where the kernel would cut it short; "
-            "strings in a plan may not contain NUL or other control characters"
-        )
-    return (
-        f"string {shown!r} contains the control character U+{ord(char):04X}; "
-        "strings in a plan may not contain control characters"
-    )
-
 
 @dataclass(frozen=True, slots=True)
 class Position:
