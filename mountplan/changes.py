@@ -213,9 +213,19 @@ def compare(spec: MountSpec, live: LiveMount) -> tuple[Action, tuple[FieldChange
     return (Action.UPDATE if fields else Action.NOOP), tuple(fields)
 
 
+def _find(live: LiveTable, entry: tuple[Any, ...]) -> LiveMount | None:
+    """A managed mount in the live table: by unique id, or by the 32-bit id it was recorded with.
+
+    ``entry[4]`` False means the id is a reusable 32-bit one (a kernel without
+    unique ids); the caller still checks the mount point.
+    """
+    unique = entry[4] if len(entry) > 4 else True
+    return live.by_id(entry[0]) if unique else live.by_old_id(entry[0])
+
+
 def diff(
     plan: Plan,
-    managed: Mapping[str, tuple[int, str, str, str]],
+    managed: Mapping[str, tuple[Any, ...]],
     live: LiveTable,
     root_paths: Mapping[str, str],
     fingerprints: Mapping[str, str],
@@ -236,11 +246,11 @@ def diff(
     for spec in plan.mounts:
         point = f"{root_paths[spec.root].rstrip('/')}/{spec.target}"
         entry = managed.get(spec.name)
-        ours = live.by_id(entry[0]) if entry is not None else None
+        ours = _find(live, entry) if entry is not None else None
         if ours is not None and ours.mount_point != point:
             ours = None  # ours, but moved elsewhere: treat as gone and recreate here
         for other in live.at(point):
-            if ours is None or other.mnt_id != ours.mnt_id:
+            if other is not ours:
                 foreign.append(ForeignMount(other.mount_point, other.fs_type, other.source, spec.name))
         if ours is None:
             reason = "not mounted" if entry is None else GONE
@@ -259,8 +269,9 @@ def diff(
             reason = "drifted" if fields else ""
         changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
     kept: list[Change] = []
-    for name, (mnt_id, root, target, _) in sorted(managed.items()):
-        if name not in planned_names and live.by_id(mnt_id) is not None:
+    for name, entry in sorted(managed.items()):
+        mnt_id, root, target = entry[0], entry[1], entry[2]
+        if name not in planned_names and _find(live, entry) is not None:
             orphan = Change(name, root, target, Action.DELETE, reason="no longer in the plan", mnt_id=mnt_id)
             (changes if prune else kept).append(orphan)
     return ChangeSet(plan.name, tuple(changes), tuple(foreign), tuple(kept))

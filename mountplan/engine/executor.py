@@ -289,7 +289,9 @@ class Engine:
 
     @staticmethod
     def _diff(plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable) -> ChangeSet:
-        managed = {m.name: (m.mnt_id, m.root, m.target, m.fingerprint) for m in state.mounts if not is_root_bind(m.name)}
+        managed = {
+            m.name: (m.mnt_id, m.root, m.target, m.fingerprint, m.unique) for m in state.mounts if not is_root_bind(m.name)
+        }
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
