@@ -35,7 +35,7 @@ def build_plan(doc: Document, filename: str) -> Plan:
     defaults: dict[str, Any] = data.get("defaults") or {}
     default_attrs = frozenset(_ATTRS[name] for name in defaults.get("attrs", []))
     default_propagation = _PROPAGATIONS[defaults.get("propagation", "private")]
-    roots = tuple(RootSpec(name, spec.get("path")) for name, spec in data["roots"].items())
+    roots = tuple(RootSpec(name, spec.get("path"), bool(spec.get("private", False))) for name, spec in data["roots"].items())
     mounts = tuple(
         _build_mount(doc, ("mounts", index), mount, data, default_attrs, default_propagation)
         for index, mount in enumerate(data["mounts"])
