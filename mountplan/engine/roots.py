@@ -111,6 +111,8 @@ def open_roots(wanted: Mapping[str, str | int | None], needed: list[str]) -> Roo
             if value is None:
                 raise RootError(f"root {name!r} has no directory: give it with --root {name}=DIR")
             if isinstance(value, int):
+                if not 0 <= value <= 2**31 - 1:
+                    raise RootError(f"root {name!r}: {value} is not a file descriptor number")
                 try:
                     os.fstat(value)
                 except OSError as exc:
