@@ -1,8 +1,12 @@
 """Suite-wide harness: sandboxed mount tests and a host mount-table guard.
 
-Tests marked ``mountns`` run in a forked child inside fresh namespaces (see
-mountplan.testing). Fixtures still run in the parent, so fixtures must never
-mount. At the end the host's mount table must be exactly what it was.
+Tests marked ``mountns`` (or ``cgroupns``) run in a forked child inside fresh
+namespaces (see mountplan.testing); ``cgroupns`` tests run only in a new cgroup
+namespace and are skipped where none can be made. Fixtures still run in the
+parent, so fixtures must never mount. At the end every host mount must be
+exactly what it was: the same mounts with the same mount options, super options
+and propagation (a cgroup2 mount from the initial cgroup namespace changes the
+host's cgroup2 super options without adding a mount).
 """
 
 from __future__ import annotations
@@ -13,38 +17,62 @@ from typing import Any
 
 import pytest
 
-from mountplan.testing import is_privileged, mount_table_snapshot, run_in_sandbox
+from mountplan.testing import (
+    CgroupNamespaceUnavailable,
+    MountRecord,
+    describe_mount_table_changes,
+    is_privileged,
+    read_mount_records,
+    run_in_sandbox,
+)
 
-_HOST_TABLE: list[str] = []
+_HOST_TABLE: list[MountRecord] = []
+_LAST_SEEN: list[MountRecord] = []
+#: (test id, changes) for each test after which the host table differed from before it.
+_CULPRITS: list[tuple[str, list[str]]] = []
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _HOST_TABLE[:] = mount_table_snapshot()
+    _HOST_TABLE[:] = _LAST_SEEN[:] = read_mount_records()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    # Name the first test after which the host changed: the end-of-suite check
+    # alone cannot say who did it, nor see a flag that was flipped and flipped back.
+    now = read_mount_records()
+    if now != _LAST_SEEN:
+        _CULPRITS.append((nodeid, describe_mount_table_changes(_LAST_SEEN, now)))
+        _LAST_SEEN[:] = now
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    after = mount_table_snapshot()
-    if after != _HOST_TABLE:
-        added = sorted(set(after) - set(_HOST_TABLE))
-        removed = sorted(set(_HOST_TABLE) - set(after))
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        text = "HOST MOUNT TABLE CHANGED by the test suite\n" + "\n".join(
-            [f"+ {line}" for line in added] + [f"- {line}" for line in removed]
-        )
-        if reporter is not None:
-            reporter.write_line(text, red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    changes = describe_mount_table_changes(_HOST_TABLE, read_mount_records())
+    if not changes and not _CULPRITS:
+        return
+    text = ["HOST MOUNT TABLE CHANGED by the test suite", *changes]
+    for nodeid, during in _CULPRITS:
+        text.append(f"after {nodeid}:")
+        text.extend(f"    {line}" for line in during)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line("\n".join(text), red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if pyfuncitem.get_closest_marker("mountns") is None:
+    cgroupns = pyfuncitem.get_closest_marker("cgroupns") is not None
+    if pyfuncitem.get_closest_marker("mountns") is None and not cgroupns:
         return None
     if pyfuncitem.get_closest_marker("rootonly") is not None and not is_privileged():
         pytest.skip("needs root in the initial user namespace")
     funcargs = pyfuncitem.funcargs
     kwargs: dict[str, Any] = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    run_in_sandbox(pyfuncitem.obj, **kwargs)
+    try:
+        run_in_sandbox(pyfuncitem.obj, require_cgroupns=cgroupns, **kwargs)
+    except CgroupNamespaceUnavailable as exc:
+        pytest.skip(f"mounts cgroup2, which is safe only from a new cgroup namespace: {exc}")
     return True
 
 
