@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +72,22 @@ def state_digest(state: State | None) -> str:
         return "empty"
     text = json.dumps(state.to_json(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: The fields of a live-table record and their JSON types (``_record`` writes them).
+_RECORD_TYPES: Mapping[str, type] = {
+    "id": int, "mount_point": str, "fs_type": str, "source": str, "options": str, "attrs": int, "propagation": str,
+}
+
+
+def _check_record(r: Any) -> dict[str, Any]:
+    """A ``live`` entry of a saved plan, or TypeError naming what is wrong with it."""
+    if not isinstance(r, dict):
+        raise TypeError(f"live entry {str(r)[:60]!r} is not an object")
+    for key, kind in _RECORD_TYPES.items():
+        if type(r.get(key)) is not kind:
+            raise TypeError(f"live entry {r.get('mount_point')!r}: {key!r} is not {kind.__name__}")
+    return dict(r)
 
 
 def _changed(saved: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
@@ -187,30 +205,49 @@ class SavedPlan:
                 roots=roots,
                 prune=bool(data["prune"]),
                 state_digest=str(data["state_digest"]),
-                live=tuple(dict(r) for r in data["live"]),
+                live=tuple(_check_record(r) for r in data["live"]),
                 changes=dict(data["changes"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise bad(f"missing or malformed field ({exc!r})") from None
 
     def write(self, path: str) -> None:
-        """Write atomically (a reviewer never sees half a plan file)."""
+        """Write atomically (a reviewer never sees half a plan file); durable, as it may sit on a disk.
+
+        :class:`~mountplan.errors.StateError` when ``path`` is not a regular file
+        (a device, a directory, a FIFO) or cannot be written; nothing is left behind.
+        """
         write_atomic(path, (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def read_saved_plan(path: str) -> SavedPlan | None:
     """The saved plan in ``path``, or None when the file is not one (e.g. a YAML plan)."""
+    # O_NONBLOCK and a regular-file check: a FIFO (or a device) given as the plan
+    # must not hang or be consumed here; the loader reports what it is.
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SAVED_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None  # the YAML loader reports unreadable files with a position
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_SAVED_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if not raw.lstrip().startswith(b"{") or len(raw) > MAX_SAVED_BYTES:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
         return None  # a YAML flow mapping, perhaps: not ours
+    except RecursionError:
+        from mountplan.loader import Diagnostic, Severity
+
+        message = "not a usable saved plan: JSON nested too deeply"
+        raise PlanError([Diagnostic(path, 1, 1, Severity.ERROR, message)]) from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         return None
     return SavedPlan.from_json(data, filename=path)
