@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mountplan._kernel import AtFlag, MountAttr, mount_setattr
 from mountplan.engine.saved import SavedPlan, read_saved_plan
 from mountplan.engine.state import ManagedMount, State, StateStore, default_state_dir, write_atomic
 from mountplan.errors import PlanError, StateError
@@ -327,7 +328,8 @@ def test_read_only_state_filesystem_is_a_state_error(tmp_path: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "small", fs], check=True)
     store = StateStore(fs, KEY)
     store.save(_state())
-    subprocess.run(["mount", "-o", "remount,ro", fs], check=True)
+    # A read-only mount attribute (mount(8)'s remount,ro is refused in a user namespace).
+    mount_setattr(-100, fs, AtFlag(0), MountAttr.RDONLY)
     actions: list[tuple[Callable[[], None], str]] = [
         (lambda: store.save(_state()), "create a temporary file"),
         (lambda: store.journal_open({"roots": ROOTS}), "open"),
