@@ -130,3 +130,20 @@ def prctl_get_pdeathsig() -> int:
     if ret < 0:
         raise KernelError(-ret, "prctl", flags="PR_GET_PDEATHSIG")
     return value.value
+
+
+#: The inode of the initial cgroup namespace (include/linux/proc_ns.h, PROC_CGROUP_INIT_INO).
+_CGROUP_INIT_INO = 0xEFFFFFFB
+
+
+def in_initial_cgroup_namespace() -> bool:
+    """True when this thread is in the machine's initial cgroup namespace.
+
+    A cgroup2 mount (or remount) made from there rewrites the machine-wide cgroup2
+    options (nsdelegate, memory_recursiveprot, ...); from any other cgroup
+    namespace the kernel ignores them.
+    """
+    try:
+        return os.stat("/proc/thread-self/ns/cgroup").st_ino == _CGROUP_INIT_INO
+    except OSError:
+        return False

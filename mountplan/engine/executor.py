@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from mountplan._kernel import detect
+from mountplan._kernel.namespaces import in_initial_cgroup_namespace
 from mountplan.changes import Action, ChangeSet, diff
 from mountplan.compiler import CompiledPlan, Step, compile_apply
 from mountplan.errors import BusyError, ExecutionError, KernelError, LockError, MountplanError, PlanError, RootError
@@ -138,6 +139,18 @@ def root_paths(plan: Plan, overrides: Mapping[str, str | int] | None) -> dict[st
     return merged
 
 
+def warn_machine_wide(plan: Plan) -> None:
+    """Warn before a cgroup2 mount from the initial cgroup namespace: its options change the whole machine."""
+    cgroup2 = [m.name for m in plan.mounts if m.fs_type == "cgroup2"]
+    if cgroup2 and in_initial_cgroup_namespace():
+        log.warning(
+            "cgroup2.machine_wide", mounts=cgroup2,
+            hint="a cgroup2 mount from the initial cgroup namespace rewrites the machine-wide cgroup2 options "
+            "(nsdelegate, memory_recursiveprot) for every cgroup2 mount; mount it from a new cgroup namespace "
+            "(run --unshare) to keep them",
+        )
+
+
 def _roots_used(plan: Plan) -> list[str]:
     """Every root a mount of ``plan`` is placed in or binds from."""
     used = {m.root for m in plan.mounts}
@@ -178,6 +191,7 @@ class Engine:
     ) -> ApplyResult:
         """Make every planned mount; undo everything on failure."""
         detect().require()
+        warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
