@@ -679,7 +679,11 @@ class StateStore:
         """Start a transaction's journal; its header names the roots, the boot and the namespace."""
         self._journal_fd = self._open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._seq = 0
-        self.journal_write({"op": "begin", **header, **current_scope().to_json()})
+        try:
+            self.journal_write({"op": "begin", **header, **current_scope().to_json()})
+        except BaseException:
+            self.journal_close(remove=False)  # an empty journal is harmless: the next reader removes it
+            raise
 
     def journal_write(self, entry: dict[str, Any]) -> int:
         """Append one entry with a single write(2); return its sequence number.
