@@ -23,6 +23,7 @@ from .constants import (
 )
 from .detach import detach_fd
 from .fd import BorrowedFd, Fd
+from .identity import RootEvidence, root_evidence
 from .features import Features, detect
 from .syscalls import (
     MountIds,
@@ -65,6 +66,7 @@ __all__ = [
     "OpenTreeFlag",
     "Propagation",
     "Resolve",
+    "RootEvidence",
     "UmountFlag",
     "detach_fd",
     "detect",
@@ -89,6 +91,7 @@ __all__ = [
     "openat2",
     "openat2_if_exists",
     "read_fs_messages",
+    "root_evidence",
     "statx_mount_ids",
     "umount_at",
 ]

@@ -50,6 +50,7 @@ class Handles:
     mnt_id: int = 0
     unique: bool = True
     submounts: tuple[int, ...] = ()
+    proof: list[int | None] | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -248,9 +249,12 @@ class Attacher:
         recursive = spec.bind is not None and spec.bind.recursive
         if recursive:
             h.submounts = clone_ids(self.ctx, h.mnt, self._source_path(spec), ids.mnt_id)
+        if not ids.unique:
+            # A 32-bit id is reused at once: keep what the root looks like too.
+            h.proof = k.root_evidence(h.mnt.fileno()).to_json()
         self.tx.record(Undo(
             0, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, unique=ids.unique, mount=spec.name,
-            recursive=recursive, submounts=h.submounts,
+            recursive=recursive, submounts=h.submounts, proof=h.proof,
         ))
         k.move_mount(h.mnt.fileno(), "", h.target.fileno(), "", _MOVE_FDS, shown_target=shown)
         h.target.close()

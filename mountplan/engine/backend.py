@@ -32,6 +32,7 @@ CALLS = (
     "statx_mount_ids",
     "umount_at",
     "detach_fd",
+    "root_evidence",
     "fspick",
     "fsconfig_reconfigure",
 )

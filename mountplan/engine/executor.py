@@ -270,7 +270,15 @@ class Engine:
         entry = next((m for m in state.mounts if m.name == PREFIX + name), None)
         return entry is not None and self.backend.statx_mount_ids(rootset[name].fileno()).mnt_id == entry.mnt_id
 
-    def mount_is_ours(self, root: RootHandle, target: str, mnt_id: int) -> bool:
+    def _still_ours(self, managed: ManagedMount, rootset: RootSet) -> bool:
+        """A 32-bit id in the table proves nothing: check the root of what is there (unique ids pass)."""
+        if managed.unique or managed.proof is None or managed.root not in rootset:
+            return True
+        return self.mount_is_ours(rootset[managed.root], managed.target, managed.mnt_id, managed.proof)
+
+    def mount_is_ours(
+        self, root: RootHandle, target: str, mnt_id: int, proof: list[int | None] | None = None
+    ) -> bool:
         """True when the mount now on top at ``target`` beneath ``root`` is the one with id ``mnt_id``."""
         try:
             parent, name = resolve_parent(self.backend, root, target)
@@ -279,7 +287,7 @@ class Engine:
                 return False
             raise
         try:
-            return is_ours_at(self.ctx, parent, name, mnt_id)
+            return is_ours_at(self.ctx, parent, name, mnt_id, proof)
         finally:
             parent.close()
 
@@ -301,10 +309,11 @@ class Engine:
     def _store(self, plan: Plan, rootset: RootSet) -> StateStore:
         return StateStore(self.state_dir, instance_key(plan.name, self._root_json(rootset)))
 
-    @staticmethod
-    def _diff(plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable) -> ChangeSet:
+    def _diff(self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable) -> ChangeSet:
         managed = {
-            m.name: (m.mnt_id, m.root, m.target, m.fingerprint, m.unique) for m in state.mounts if not is_root_bind(m.name)
+            m.name: (m.mnt_id, m.root, m.target, m.fingerprint, m.unique)
+            for m in state.mounts
+            if not is_root_bind(m.name) and self._still_ours(m, rootset)
         }
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
@@ -482,6 +491,7 @@ class Engine:
                         name=name, root=spec.root, target=spec.target, mnt_id=handles.mnt_id, unique=handles.unique,
                         fingerprint=fingerprint(spec), created=handles.created,
                         recursive=spec.bind is not None and spec.bind.recursive, submounts=handles.submounts,
+                        proof=handles.proof,
                     )
                 )
                 if info:

@@ -26,7 +26,7 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
         restore(ctx, item, root)
     elif item.op == "mount":
         remove_mount(ctx, root, item.path, item.mnt_id, item.unique,
-                     recursive=item.recursive, submounts=item.submounts, name_=item.mount)
+                     recursive=item.recursive, submounts=item.submounts, name_=item.mount, proof=item.proof)
     else:
         remove_path(ctx, root, item.op, item.path, item.dev, item.ino)
 

@@ -42,6 +42,7 @@ def remove_mount(
     recursive: bool = False,
     submounts: Sequence[int] = (),
     name_: str = "",
+    proof: list[int | None] | None = None,
 ) -> Outcome:
     """Unmount our mount ``mnt_id`` made at ``root:target``, wherever it is now."""
     shown = f"{root.name}:{target}"
@@ -55,7 +56,7 @@ def remove_mount(
             raise
     else:
         try:
-            if is_ours_at(ctx, parent, name, mnt_id):
+            if is_ours_at(ctx, parent, name, mnt_id, proof):
                 unmount_owned(ctx, parent, name, mnt_id, shown=shown, point=point, recursive=recursive, submounts=submounts)
                 return Outcome.REMOVED
         finally:
@@ -66,6 +67,10 @@ def remove_mount(
         return Outcome.GONE
     if ours.mount_point == point:
         top = table.at(point)[-1]
+        if top is ours:
+            # Only a reusable 32-bit id can be on top here and not be ours
+            # (is_ours_at checked its root): a stranger's mount that got our id.
+            return Outcome.GONE
         raise CoveredError(
             f"mount {name_ or target!r} at {shown} (mount id {mnt_id}) is covered by a mount mountplan did not "
             f"make: {describe(top)}; it stays mounted and in the state; unmount the cover "

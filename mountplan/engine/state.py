@@ -467,13 +467,18 @@ class ManagedMount:
     created: list[dict[str, Any]] = field(default_factory=list)
     recursive: bool = False  # a recursive bind (detaching takes its cloned submounts)
     submounts: tuple[int, ...] = ()  # ids of the submounts a recursive bind cloned (proven ours)
+    #: without unique ids: [dev major, dev minor, root ino, root btime ns | None] of the mount's root
+    proof: list[int | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name, "root": self.root, "target": self.target, "mnt_id": self.mnt_id,
             "unique": self.unique, "fingerprint": self.fingerprint, "created": self.created,
             "recursive": self.recursive, "submounts": list(self.submounts),
         }
+        if self.proof is not None:
+            data["proof"] = self.proof
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ManagedMount:
@@ -489,8 +494,17 @@ class ManagedMount:
             name=data["name"], root=data["root"], target=data["target"], mnt_id=data["mnt_id"],
             unique=bool(data.get("unique", True)), fingerprint=str(data.get("fingerprint", "")),
             created=list(created), recursive=bool(data.get("recursive", False)),
-            submounts=tuple(data.get("submounts", ())),
+            submounts=tuple(data.get("submounts", ())), proof=_proof(data.get("proof")),
         )
+
+
+def _proof(value: Any) -> list[int | None] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 4 or not _ints(*value[:3])
+            or not (value[3] is None or type(value[3]) is int)):
+        raise TypeError("'proof' is not [major, minor, ino, btime]")
+    return list(value)
 
 
 @dataclass(slots=True)

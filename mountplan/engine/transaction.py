@@ -32,6 +32,8 @@ class Undo:
     recursive: bool = False  # a recursive bind: its cloned submounts go with it
     #: op "mount": ids of the submounts the bind cloned (proven ours)
     submounts: tuple[int, ...] = ()
+    #: op "mount" without unique ids: RootEvidence.to_json() of the mount's root
+    proof: list[int | None] | None = None
     #: op "update": what the mount had before (attrs, clear, propagation, options)
     restore: dict[str, Any] | None = None
 
@@ -52,6 +54,8 @@ class Undo:
             entry["recursive"] = self.recursive
             if self.submounts:
                 entry["submounts"] = list(self.submounts)
+            if self.proof is not None:
+                entry["proof"] = self.proof
         if self.restore is not None:
             entry["restore"] = self.restore
         return entry
@@ -67,8 +71,16 @@ class Undo:
             mnt_id=int(entry.get("mnt_id", 0)), unique=bool(entry.get("unique", True)), mount=str(entry.get("mount", "")),
             recursive=bool(entry.get("recursive", False)),
             submounts=tuple(int(i) for i in entry.get("submounts", ())),
-            restore=restore,
+            restore=restore, proof=_proof(entry.get("proof")),
         )
+
+
+def _proof(value: Any) -> list[int | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        raise TypeError("proof must be [major, minor, ino, btime]")
+    return [None if v is None else int(v) for v in value]
 
 
 @dataclass(slots=True)

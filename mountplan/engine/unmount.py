@@ -37,10 +37,18 @@ def mount_ids_at(ctx: Context, parent: Fd, name: str) -> MountIds | None:
         raise
 
 
-def is_ours_at(ctx: Context, parent: Fd, name: str, mnt_id: int) -> bool:
-    """True when the mount on top at ``parent/name`` has our id."""
+def is_ours_at(ctx: Context, parent: Fd, name: str, mnt_id: int, proof: list[int | None] | None = None) -> bool:
+    """True when the mount on top at ``parent/name`` has our id (and, for a reusable 32-bit id, our root).
+
+    ``proof`` is the RootEvidence recorded when the mount was made on a kernel
+    without unique ids: an id match alone proves nothing there.
+    """
     ids = mount_ids_at(ctx, parent, name)
-    return ids is not None and ids.mnt_id == mnt_id
+    if ids is None or ids.mnt_id != mnt_id:
+        return False
+    if ids.unique or proof is None:
+        return True
+    return bool(ctx.backend.root_evidence(parent.fileno(), name, AtFlag(0)).to_json() == proof)
 
 
 def find_mount(table: LiveTable, mnt_id: int, unique: bool) -> LiveMount | None:
