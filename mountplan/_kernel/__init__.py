@@ -23,8 +23,8 @@ from .constants import (
 )
 from .detach import detach_fd
 from .fd import BorrowedFd, Fd
-from .identity import RootEvidence, root_evidence
 from .features import Features, detect
+from .identity import RootEvidence, root_evidence
 from .syscalls import (
     MountIds,
     fsconfig_create,

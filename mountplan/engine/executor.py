@@ -10,12 +10,7 @@ unmount (proof of ownership), destroy, and recovery (rollback and journals).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import enum
-import functools
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -27,18 +22,26 @@ import structlog
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
 from mountplan.changes import Action, ChangeSet, diff
-from mountplan.compiler import CompiledPlan, Step, compile_apply
-from mountplan.errors import BusyError, ExecutionError, KernelError, LockError, MountplanError, PlanError, RootError
+from mountplan.compiler import CompiledPlan, Step
+from mountplan.errors import (
+    BusyError,
+    ExecutionError,
+    KernelError,
+    LockError,
+    MountplanError,
+    PlanError,
+)
 from mountplan.livetable import LiveTable, read_live_table
-from mountplan.model import MountSpec, Plan
+from mountplan.model import Plan
 
 from .attach import Attacher, Handles
 from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked, remove_managed
+from .fingerprint import compiled_for, fingerprint
 from .privateroot import PREFIX, is_root_bind, make_roots_private
 from .recovery import recover_store, rollback
-from .roots import RootHandle, RootSet, open_roots, resolve_parent
+from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
 from .transaction import Transaction
@@ -58,52 +61,6 @@ def _enabled(level: int) -> bool:
     # structlog renders an event before stdlib drops it; per-step events would
     # cost more than the syscalls they describe, so check the level first.
     return _stdlib_log.isEnabledFor(level)
-
-
-_SCALARS = (str, int, float, bool, type(None))
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _canonical(value: Any) -> Any:
-    # Hot for big plans (every mount of every apply): plain scalars first, and
-    # dataclass field names looked up once per class, not per value.
-    cls = type(value)
-    if cls in _SCALARS:
-        return value
-    names = _FIELD_NAMES.get(cls)
-    if names is not None:
-        return {name: _canonical(getattr(value, name)) for name in names}
-    if isinstance(value, frozenset | set):
-        return sorted(_canonical(v) for v in value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(value))
-        return _canonical(value)
-    if isinstance(value, tuple | list):
-        return [_canonical(v) for v in value]
-    return value
-
-
-@functools.lru_cache(maxsize=16384)
-def fingerprint(spec: MountSpec) -> str:
-    """Identity of a mount's definition; a change means the mount must be replaced.
-
-    Canonical JSON, not repr(): frozenset order depends on per-process hash seeds.
-    """
-    text = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_for(plan: Plan) -> CompiledPlan:
-    """The compiled steps of ``plan``, kept for the next apply of an equal plan.
-
-    A build worker applies the same plan for every action; compiling is a pure
-    function of the plan, so an equal plan (hash + ==, a few µs per mount) reuses
-    it. The engine only reads a CompiledPlan.
-    """
-    return compile_apply(plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +86,6 @@ class RecoverResult:
     leftovers: tuple[str, ...]
 
 
-def root_paths(plan: Plan, overrides: Mapping[str, str | int] | None) -> dict[str, str | int | None]:
-    """Plan root paths with run-time overrides (paths or caller-owned fds) applied."""
-    merged: dict[str, str | int | None] = {r.name: r.path for r in plan.roots}
-    for name, value in (overrides or {}).items():
-        if name not in merged:
-            raise RootError(f"--root {name}: the plan has no root named {name!r} (it has {', '.join(sorted(merged)) or 'none'})")
-        merged[name] = value
-    return merged
-
-
 def warn_machine_wide(plan: Plan) -> None:
     """Warn before a cgroup2 mount from the initial cgroup namespace: its options change the whole machine."""
     cgroup2 = [m.name for m in plan.mounts if m.fs_type == "cgroup2"]
@@ -149,13 +96,6 @@ def warn_machine_wide(plan: Plan) -> None:
             "(nsdelegate, memory_recursiveprot) for every cgroup2 mount; mount it from a new cgroup namespace "
             "(run --unshare) to keep them",
         )
-
-
-def _roots_used(plan: Plan) -> list[str]:
-    """Every root a mount of ``plan`` is placed in or binds from."""
-    used = {m.root for m in plan.mounts}
-    used |= {m.bind.source.root for m in plan.mounts if m.bind is not None and m.bind.source.root is not None}
-    return sorted(used)
 
 
 class Engine:
@@ -296,7 +236,7 @@ class Engine:
     @staticmethod
     def _open_roots(plan: Plan, roots: Mapping[str, str | int] | None) -> RootSet:
         """Open the roots ``plan``'s mounts use (run-time overrides applied)."""
-        return open_roots(root_paths(plan, roots), _roots_used(plan))
+        return open_roots(root_paths(plan, roots), roots_used(plan))
 
     def _load_or_new(self, store: StateStore, plan: Plan, rootset: RootSet) -> State:
         """The committed state, or an empty one for a plan instance never applied."""

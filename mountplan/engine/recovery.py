@@ -150,7 +150,9 @@ def _finish_session(
     ctx: Context, store: StateStore, entries: list[dict[str, Any]], log: Any, raise_on_leftovers: bool
 ) -> tuple[list[str], list[str]]:
     """Destroy what a killed ``run`` left mounted (its committed state), then drop its journal."""
-    from .destroy import destroy_locked  # destroy uses removal like recovery; imported here to keep one direction
+    from .destroy import (
+        destroy_locked,  # destroy uses removal like recovery; imported here to keep one direction
+    )
 
     header = next((e for e in entries if e.get("op") == "begin"), None)
     state = store.load()
@@ -160,7 +162,7 @@ def _finish_session(
     roots = _reopen_roots(header)
     try:
         result = destroy_locked(ctx, state.plan, state, RootSet(roots), store, log)
-    except Exception as exc:  # noqa: BLE001 - reported as a leftover; the journal stays for the next try
+    except Exception as exc:
         if raise_on_leftovers:
             raise
         return [], [f"mounts of the killed run of {state.plan!r}: {exc}"]

@@ -17,6 +17,7 @@ from typing import Self
 
 from mountplan._kernel import BorrowedFd, Fd, OpenFlag, Resolve
 from mountplan.errors import RootError
+from mountplan.model import Plan
 
 from .backend import Backend
 
@@ -162,3 +163,19 @@ def resolve_parent(backend: Backend, root: RootHandle, path: str) -> tuple[Fd, s
     parent, _, name = path.rpartition("/")
     return resolve(backend, root, parent, O_PATH_DIR), name
 
+
+def root_paths(plan: Plan, overrides: Mapping[str, str | int] | None) -> dict[str, str | int | None]:
+    """Plan root paths with run-time overrides (paths or caller-owned fds) applied."""
+    merged: dict[str, str | int | None] = {r.name: r.path for r in plan.roots}
+    for name, value in (overrides or {}).items():
+        if name not in merged:
+            raise RootError(f"--root {name}: the plan has no root named {name!r} (it has {', '.join(sorted(merged)) or 'none'})")
+        merged[name] = value
+    return merged
+
+
+def roots_used(plan: Plan) -> list[str]:
+    """Every root a mount of ``plan`` is placed in or binds from."""
+    used = {m.root for m in plan.mounts}
+    used |= {m.bind.source.root for m in plan.mounts if m.bind is not None and m.bind.source.root is not None}
+    return sorted(used)

@@ -34,7 +34,7 @@ def test_a_new_cgroup_namespace_is_not_the_initial_one() -> None:
 
 def test_cgroup2_in_the_initial_namespace_warns(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """apply warns for a cgroup2 mount when (and only when) it runs in the initial cgroup namespace."""
-    import mountplan.engine.executor as executor
+    from mountplan.engine import executor
 
     for initial, warned in ((True, True), (False, False)):
         caplog.clear()

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from _plans import bind, tmpfs
 
 from mountplan._kernel import statx_mount_ids

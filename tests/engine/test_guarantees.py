@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _plans import bind, tmpfs
 
 from mountplan import _kernel
 from mountplan._kernel import MoveMountFlag
@@ -25,8 +26,6 @@ from mountplan.errors import BusyError, ExecutionError, KernelError, MountplanEr
 from mountplan.livetable import read_live_table
 from mountplan.model import BindSource, MountSpec, Option, Plan, RootSpec, SourceRef
 from mountplan.testing import mount_table_snapshot
-
-from _plans import bind, tmpfs
 
 pytestmark = pytest.mark.mountns
 
