@@ -36,6 +36,10 @@ class Profile:
     #: Whether statx reports ``STATX_MNT_ID_UNIQUE`` (6.8+ and any container on such a kernel).
     has_unique_mount_ids: bool
 
+    def takes_away(self, names: tuple[str, ...]) -> bool:
+        """Whether any of ``names`` is denied under this profile."""
+        return any(name in self.denied for name in names)
+
 
 def _enosys(*names: str) -> dict[str, int]:
     return {name: errno.ENOSYS for name in names}

@@ -210,11 +210,20 @@ class Engine:
         entry = next((m for m in state.mounts if m.name == PREFIX + name), None)
         return entry is not None and self.backend.statx_mount_ids(rootset[name].fileno()).mnt_id == entry.mnt_id
 
-    def _still_ours(self, managed: ManagedMount, rootset: RootSet) -> bool:
-        """A 32-bit id in the table proves nothing: check the root of what is there (unique ids pass)."""
+    def _still_ours(self, managed: ManagedMount, rootset: RootSet, live: LiveTable) -> bool:
+        """A 32-bit id in the table proves nothing: check the root of what is there (unique ids pass).
+
+        A mount with our 32-bit id *under* a foreign one is taken as ours, covered:
+        the id cannot have been reused while ours held it.
+        """
         if managed.unique or managed.proof is None or managed.root not in rootset:
             return True
-        return self.mount_is_ours(rootset[managed.root], managed.target, managed.mnt_id, managed.proof)
+        root = rootset[managed.root]
+        if self.mount_is_ours(root, managed.target, managed.mnt_id, managed.proof):
+            return True
+        found = live.by_old_id(managed.mnt_id)
+        stack = live.at(f"{root.identity.path.rstrip('/')}/{managed.target}")
+        return found is not None and found in stack and stack[-1] is not found
 
     def mount_is_ours(
         self, root: RootHandle, target: str, mnt_id: int, proof: list[int | None] | None = None
@@ -253,7 +262,7 @@ class Engine:
         managed = {
             m.name: (m.mnt_id, m.root, m.target, m.fingerprint, m.unique)
             for m in state.mounts
-            if not is_root_bind(m.name) and self._still_ours(m, rootset)
+            if not is_root_bind(m.name) and self._still_ours(m, rootset, live)
         }
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _plans import bind, tmpfs
+from _profiles import needs_engine
 
 from mountplan._kernel import statx_mount_ids
 from mountplan.engine import Engine
@@ -22,7 +23,7 @@ from mountplan.livetable import read_live_table
 from mountplan.model import Option, Plan, RootSpec, SourceRef
 from mountplan.testing import mount_table_snapshot
 
-pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach]
+pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
 
 
 def _plan() -> Plan:

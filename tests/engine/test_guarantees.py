@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from _plans import bind, tmpfs
+from _profiles import needs_unique_ids
 
 from mountplan import _kernel
 from mountplan._kernel import MoveMountFlag
@@ -143,6 +144,7 @@ def test_target_renamed_out_of_the_root_before_attach_is_detached_and_fails(tmp_
     assert read_live_table().beneath(root_dir) == []
 
 
+@needs_unique_ids
 def test_destroy_finds_a_mount_moved_with_its_directory_by_its_id(tmp_path: Path, root_dir: str) -> None:
     """A parent directory renamed away after apply carries our mount along: destroy still removes it.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _profiles import needs_engine
 
 from mountplan._kernel import fsconfig_reconfigure, fsconfig_set_string, fspick
 from mountplan._kernel.constants import MountAttr
@@ -19,7 +20,7 @@ from mountplan.errors import ExecutionError
 from mountplan.livetable import LiveMount, read_live_table
 from mountplan.model import Attr, MountSpec, Option, Plan, RootSpec
 
-pytestmark = pytest.mark.mountns
+pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
 
 MUTATING = {"fsopen", "fsmount", "open_tree", "mount_setattr", "move_mount", "mkdirat", "umount_at", "fsconfig_reconfigure", "fspick"}
 

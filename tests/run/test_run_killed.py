@@ -16,9 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from mountplan._kernel.emulation import active_profile
+from mountplan._kernel.features import REQUIRED
 from mountplan.livetable import read_live_table
 
-pytestmark = pytest.mark.mountns
+_PROFILE = active_profile()
+pytestmark = [
+    pytest.mark.mountns,
+    pytest.mark.kernelreach,
+    pytest.mark.skipif(_PROFILE is not None and _PROFILE.takes_away(REQUIRED), reason="apply refuses under this profile"),
+]
 
 MOUNTPLAN = os.path.join(os.path.dirname(sys.executable), "mountplan")
 TRIALS = 6
