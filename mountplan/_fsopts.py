@@ -136,6 +136,14 @@ def _tmpfs_blocks(value: str) -> int:
     return -(-size // _PAGE)
 
 
+def _uint(value: str | None) -> int:
+    """A u32 option as fs_parse reads it (base 0: ``0x3e8``, ``01750`` and ``1000`` all work)."""
+    number, rest = _strtoull(value or "0")
+    if rest:
+        raise ValueError(f"not a number: {value!r}")
+    return number
+
+
 def _octal_mode(value: str) -> int:
     return int(value, 8) & 0o7777
 
@@ -144,8 +152,14 @@ def _tmpfs(options: Mapping[str, str | None], ids: IdMap) -> Options:
     # Order and defaults follow mm/shmem.c shmem_show_options().
     out: Options = {}
     ram = _total_ram_pages()
+    blocks = None
     if "size" in options:
         blocks = _tmpfs_blocks(options["size"] or "")
+    if "nr_blocks" in options:  # the same limit in pages; the kernel shows it as size=
+        blocks, rest = _memparse(options["nr_blocks"] or "")
+        if rest:
+            raise ValueError(f"bad tmpfs nr_blocks {options['nr_blocks']!r}")
+    if blocks is not None:
         if blocks != ram // 2:
             out["size"] = f"{blocks * _PAGE // 1024}k"
     if "nr_inodes" in options:
@@ -158,10 +172,10 @@ def _tmpfs(options: Mapping[str, str | None], ids: IdMap) -> Options:
         mode = _octal_mode(options["mode"] or "")
         if mode != 0o1777:
             out["mode"] = f"{mode:03o}"
-    uid = ids.mapped_uid(int(options["uid"] or "0")) if "uid" in options else ids.kernel_uid(ids.euid)
+    uid = ids.mapped_uid(_uint(options["uid"])) if "uid" in options else ids.kernel_uid(ids.euid)
     if uid != 0:
         out["uid"] = str(uid)
-    gid = ids.mapped_gid(int(options["gid"] or "0")) if "gid" in options else ids.kernel_gid(ids.egid)
+    gid = ids.mapped_gid(_uint(options["gid"])) if "gid" in options else ids.kernel_gid(ids.egid)
     if gid != 0:
         out["gid"] = str(gid)
     if options.get("huge", "never") != "never":
@@ -178,7 +192,7 @@ def _tmpfs(options: Mapping[str, str | None], ids: IdMap) -> Options:
             out["mpol"] = mpol
     if "noswap" in options:
         out["noswap"] = None
-    handled = {"size", "nr_inodes", "mode", "uid", "gid", "huge", "inode64", "inode32", "mpol", "noswap"}
+    handled = {"size", "nr_blocks", "nr_inodes", "mode", "uid", "gid", "huge", "inode64", "inode32", "mpol", "noswap"}
     out.update((k, v) for k, v in options.items() if k not in handled)
     return out
 
@@ -210,7 +224,7 @@ def _proc(options: Mapping[str, str | None], ids: IdMap) -> Options:
     # unmapped gid and shows the overflow gid, unlike tmpfs and devpts.
     out: Options = {}
     if "gid" in options:
-        gid = ids.kernel_gid(int(options["gid"] or "0"))
+        gid = ids.kernel_gid(_uint(options["gid"]))
         if gid != 0:
             out["gid"] = str(gid)
     if "hidepid" in options:
@@ -228,13 +242,13 @@ def _devpts(options: Mapping[str, str | None], ids: IdMap) -> Options:
     # fs/devpts/inode.c devpts_show_options(): uid, gid, mode, ptmxmode (always), max.
     out: Options = {}
     if "uid" in options:
-        out["uid"] = str(ids.mapped_uid(int(options["uid"] or "0")))
+        out["uid"] = str(ids.mapped_uid(_uint(options["uid"])))
     if "gid" in options:
-        out["gid"] = str(ids.mapped_gid(int(options["gid"] or "0")))
+        out["gid"] = str(ids.mapped_gid(_uint(options["gid"])))
     out["mode"] = f"{_octal_mode(options.get('mode') or '600'):03o}"
     out["ptmxmode"] = f"{_octal_mode(options.get('ptmxmode') or '000'):03o}"
     if "max" in options:
-        limit = int(options["max"] or "0")
+        limit = _uint(options["max"])
         if limit < _DEVPTS_MAX:
             out["max"] = str(limit)
     out.update((k, v) for k, v in options.items() if k not in {"uid", "gid", "mode", "ptmxmode", "max", "newinstance"})
@@ -256,8 +270,12 @@ _KNOWN: dict[str, _Normalizer] = {
     "devpts": _devpts,
     "mqueue": _silent,
     "sysfs": _silent,
-    "cgroup2": _silent,
 }
+
+#: Options that belong to the whole machine, not to one mount: cgroup2's flags are
+#: one set per machine (and ignored from a non-initial cgroup namespace), so a
+#: mount's read-back says nothing about whether *it* drifted.
+_MACHINE_WIDE = frozenset({"cgroup2"})
 
 
 def normalize_options(
@@ -307,6 +325,8 @@ def options_differ(
     by key. For a filesystem modelled here every live option is checked; for
     others only the planned keys are, since their defaults cannot be predicted.
     """
+    if fs_type in _MACHINE_WIDE:
+        return []
     want = normalize_options(fs_type, planned, ids=ids)
     have = parse_super_options(live_super_options)
     keys = set(want) | set(have) if fs_type in _KNOWN else set(want) | (set(_SB_FLAGS) & set(have))

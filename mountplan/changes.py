@@ -168,6 +168,26 @@ def _attr_text(flags: MountAttr) -> str:
     return ",".join(names)
 
 
+#: Options a filesystem changes on reconfigure (fspick + FSCONFIG_CMD_RECONFIGURE)
+#: and shows back; any other option change needs a new mount ("forces replacement").
+#: tmpfs ignores mode/uid/gid on reconfigure (kernel.md); overlayfs refuses it.
+RECONFIGURABLE: dict[str, frozenset[str]] = {
+    "tmpfs": frozenset({"size", "nr_blocks", "nr_inodes", "huge", "mpol", "noswap"}),
+    "proc": frozenset({"hidepid", "gid", "subset"}),
+    "devpts": frozenset({"mode", "ptmxmode", "gid", "uid", "max"}),
+}
+#: Filesystems whose superblock mountplan creates writable (an overlay without an
+#: upper layer, for one, is read-only by nature): a read-only one is drift.
+SUPERBLOCK_RW = frozenset({"tmpfs", "ramfs", "devpts", "mqueue"})
+#: Replaced, never updated in place, whatever changed in their definition.
+REPLACE_ON_CHANGE = frozenset({"overlay"})
+
+
+def forces_replacement(fs_type: str | None, option_key: str, planned: str | None) -> bool:
+    """An option difference that reconfigure cannot fix: not reconfigurable, or dropped from the plan."""
+    return planned is None or option_key not in RECONFIGURABLE.get(fs_type or "", frozenset())
+
+
 def _planned_options(spec: MountSpec) -> dict[str, str | None]:
     return {opt.key: opt.value for opt in spec.options}
 
@@ -191,9 +211,17 @@ def compare(spec: MountSpec, live: LiveMount) -> tuple[Action, tuple[FieldChange
             fields.append(FieldChange("source", want_source, live.source))
         if fields:
             return Action.REPLACE, tuple(fields)
-        if spec.fs_type != "overlay":
+        replace: list[FieldChange] = []
+        if spec.fs_type not in REPLACE_ON_CHANGE:
             for key, planned, have in options_differ(spec.fs_type or "", _planned_options(spec), live.super_options):
-                fields.append(FieldChange(f"options.{key}", planned or "(absent)", have or "(absent)"))
+                change = FieldChange(f"options.{key}", planned or "(absent)", have or "(absent)")
+                (replace if forces_replacement(spec.fs_type, key, planned) else fields).append(change)
+        if replace:
+            return Action.REPLACE, tuple(replace)
+        if live.super_readonly and spec.fs_type in SUPERBLOCK_RW:
+            # `mount -o remount,ro` makes the *superblock* read-only: clearing the
+            # mount's ro attribute leaves writes failing with EROFS (kernel.md).
+            fields.append(FieldChange("superblock", "rw", "ro"))
         want_attrs = spec.kernel_attrs
         have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
         if want_attrs != have_attrs:
@@ -257,12 +285,18 @@ def diff(
             changes.append(Change(spec.name, spec.root, spec.target, Action.CREATE, reason=reason))
             continue
         assert entry is not None
-        if entry[3] != fingerprints[spec.name] and spec.kind is MountKind.BIND:
+        if entry[3] != fingerprints[spec.name] and (spec.kind is MountKind.BIND or spec.fs_type in REPLACE_ON_CHANGE):
+            what = "bind" if spec.kind is MountKind.BIND else f"{spec.fs_type}"
             changes.append(
-                Change(spec.name, spec.root, spec.target, Action.REPLACE, reason="bind definition changed", mnt_id=entry[0])
+                Change(spec.name, spec.root, spec.target, Action.REPLACE,
+                       reason=f"{what} definition changed (forces replacement)", mnt_id=entry[0])
             )
             continue
         action, fields = compare(spec, ours)
+        if action is Action.REPLACE:
+            reason = ", ".join(f.field for f in fields) + " forces replacement"
+            changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
+            continue
         if action is Action.NOOP and entry[3] != fingerprints[spec.name]:
             action, reason = Action.UPDATE, "definition changed (no live difference)"
         else:

@@ -11,9 +11,9 @@ from typing import Any
 
 from mountplan._kernel import AtFlag, FspickFlag, MountAttr
 from mountplan._kernel import Propagation as KernelPropagation
-from mountplan.changes import Change
+from mountplan.changes import Change, compare
 from mountplan.errors import ExecutionError, KernelError
-from mountplan.livetable import LiveTable
+from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Attr, MountKind, MountSpec
 
 from .context import Context
@@ -47,10 +47,30 @@ def update_in_place(ctx: Context, tx: Transaction, spec: MountSpec, root: RootHa
             elif Attr.RELATIME in spec.attrs:
                 clear = MountAttr.NOATIME | MountAttr.STRICTATIME
             k.mount_setattr(target.fileno(), "", AtFlag.EMPTY_PATH, want, clear, propagation=spec.propagation.kernel_value)
-        if "options" in fields:
-            _reconfigure(ctx, target.fileno(), [(opt.key, opt.value) for opt in spec.options])
+        if "options" in fields or "superblock" in fields:
+            options = [(opt.key, opt.value) for opt in spec.options] if "options" in fields else []
+            if "superblock" in fields:
+                options.append(("rw", None))  # clears the superblock's read-only flag
+            _reconfigure(ctx, target.fileno(), options)
     finally:
         target.close()
+    _check_took(spec, change, ids.unique)
+
+
+def _check_took(spec: MountSpec, change: Change, unique: bool) -> None:
+    """Read the mount back: an update the kernel silently ignored is an error, never a success."""
+    assert change.mnt_id is not None
+    live = find_mount(read_live_table(), change.mnt_id, unique)
+    if live is None:
+        raise ExecutionError(f"mount {spec.name!r} vanished during its update", step=f"{spec.name}:update")
+    _, left = compare(spec, live)
+    if left:
+        raise ExecutionError(
+            f"update of {spec.name!r} did not take: "
+            + "; ".join(f"{f.field} is {f.live}, planned {f.planned}" for f in left)
+            + " (the kernel accepted the change but kept the old value)",
+            step=f"{spec.name}:update",
+        )
 
 
 def _reconfigure(ctx: Context, fd: int, options: list[tuple[str, str | None]]) -> None:

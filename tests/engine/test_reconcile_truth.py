@@ -1,0 +1,143 @@
+"""Reconcile tells the truth and converges (issue 12, items 1, 2, 4, 7, 8), on the real kernel.
+
+Each test failed on main 7c7f03d as its docstring says.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from _plans import tmpfs
+from _profiles import needs_engine
+
+from mountplan.changes import Action
+from mountplan.engine import Engine
+from mountplan.livetable import LiveMount, read_live_table
+from mountplan.model import BindSource, MountSpec, Option, Plan, RootSpec, SourceRef
+
+pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
+
+
+def _plan(*mounts: MountSpec, roots: tuple[RootSpec, ...] = (RootSpec("r"),)) -> Plan:
+    return Plan(name="truth", roots=roots, mounts=mounts)
+
+
+def _top(path: str) -> LiveMount:
+    return read_live_table().at(path)[-1]
+
+
+def test_tmpfs_mode_change_is_a_replacement_that_takes(tmp_path: Path, root_dir: str) -> None:
+    """mode 0755 -> 0700: `-/+` "forces replacement", the kernel then shows mode=700, and plan is clean.
+
+    On main: "1 updated" on every apply, the kernel kept mode=755 forever.
+    """
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(_plan(tmpfs("t", "t", Option("mode", "0755"))), {"r": root_dir})
+    new = _plan(tmpfs("t", "t", Option("mode", "0700")))
+    changes = engine.plan(new, {"r": root_dir})
+    (change,) = changes.changes
+    assert change.action is Action.REPLACE and "forces replacement" in change.reason
+    result = engine.apply(new, {"r": root_dir})
+    assert result.replaced == ("t",)
+    assert "mode=700" in _top(f"{root_dir}/t").super_options
+    assert not engine.plan(new, {"r": root_dir}).has_changes
+
+
+def test_an_option_dropped_from_the_plan_is_reset_by_replacement(tmp_path: Path, root_dir: str) -> None:
+    """size: 4M removed from the plan: the mount goes back to the default, not "No changes" with size=4096k."""
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(_plan(tmpfs("t", "t", Option("size", "4M"))), {"r": root_dir})
+    new = _plan(tmpfs("t", "t"))
+    engine.apply(new, {"r": root_dir})
+    assert "size=4096k" not in _top(f"{root_dir}/t").super_options
+    assert not engine.plan(new, {"r": root_dir}).has_changes
+
+
+def test_overlay_layer_change_replaces_the_mount(tmp_path: Path, root_dir: str) -> None:
+    """lowerdir+ [l1] -> [l2]: replaced, and the merged view shows l2.
+
+    On main: "1 updated", then "No changes", and the merged view still showed l1.
+    """
+    for layer in ("l1", "l2", "l0"):
+        os.makedirs(f"{root_dir}/{layer}")
+        Path(f"{root_dir}/{layer}/{layer}").write_text(layer)
+
+    def overlay(layer: str) -> MountSpec:
+        return MountSpec("ovl", "r", "merged", fs_type="overlay", source="overlay",
+                         options=(Option("lowerdir+", layer), Option("lowerdir+", "l0")))
+
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(_plan(overlay("l1")), {"r": root_dir})
+    assert sorted(os.listdir(f"{root_dir}/merged")) == ["l0", "l1"]
+    result = engine.apply(_plan(overlay("l2")), {"r": root_dir})
+    assert result.replaced == ("ovl",)
+    assert sorted(os.listdir(f"{root_dir}/merged")) == ["l0", "l2"]
+    assert not engine.plan(_plan(overlay("l2")), {"r": root_dir}).has_changes
+
+
+def test_superblock_read_only_drift_is_seen_and_fixed(tmp_path: Path, root_dir: str) -> None:
+    """`mount -o remount,ro` on our tmpfs: plan names the superblock, apply makes it writable again.
+
+    On main: apply said "1 updated", writes still failed with EROFS, and plan said "No changes".
+    """
+    plan = _plan(tmpfs("t", "t"))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    point = f"{root_dir}/t"
+    subprocess.run(["mount", "-o", "remount,ro", point], check=True)
+    with pytest.raises(OSError) as info:
+        Path(point, "f").write_text("x")
+    assert info.value.errno == errno.EROFS
+    (change,) = engine.plan(plan, {"r": root_dir}).changes
+    assert change.action is Action.UPDATE and "superblock" in [f.field for f in change.fields]
+    assert engine.apply(plan, {"r": root_dir}).updated == ("t",)
+    Path(point, "f").write_text("x")
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
+
+
+def test_bind_source_in_another_root_applies(tmp_path: Path, root_dir: str) -> None:
+    """`bind: {root: a, path: ...}` on a mount in root b: all of the plan's roots are open during apply.
+
+    On main: "bind source root 'a' is not open".
+    """
+    other = tmp_path / "other"
+    (other / "src").mkdir(parents=True)
+    (other / "src" / "hello").write_text("hi")
+    plan = _plan(
+        MountSpec("view", "r", "view", bind=BindSource(SourceRef("src", "a"), False)),
+        roots=(RootSpec("r"), RootSpec("a")),
+    )
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir, "a": str(other)})
+    assert os.listdir(f"{root_dir}/view") == ["hello"]
+    engine.destroy(plan, {"r": root_dir, "a": str(other)})
+
+
+@pytest.mark.parametrize(("key", "value"), [("uid", "0x3e8"), ("gid", "01750"), ("nr_blocks", "256")])
+def test_numbers_the_kernel_accepts_converge(tmp_path: Path, root_dir: str, key: str, value: str) -> None:
+    """tmpfs uid in hex, gid in octal, nr_blocks: apply, then plan says no changes.
+
+    On main: uid 0x3e8 crashed plan and apply with ValueError; nr_blocks showed drift forever.
+    """
+    plan = _plan(tmpfs("t", "t", Option(key, value)))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
+    assert not engine.apply(plan, {"r": root_dir}).changed
+
+
+@pytest.mark.cgroupns
+def test_cgroup2_flags_are_not_drift(tmp_path: Path, root_dir: str) -> None:
+    """cgroup2 `nsdelegate` right after apply: no drift (its flags are machine-wide, not the mount's).
+
+    On main: `nsdelegate -> (absent)` right after apply, and no apply cleared it.
+    """
+    plan = _plan(MountSpec("cg", "r", "cg", fs_type="cgroup2", source="cgroup2", options=(Option("nsdelegate"),)))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
+    engine.destroy(plan, {"r": root_dir})
