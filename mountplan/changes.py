@@ -259,14 +259,19 @@ def diff(
     fingerprints: Mapping[str, str],
     *,
     prune: bool,
+    owned: frozenset[int] = frozenset(),
 ) -> ChangeSet:
     """Classify each planned mount.
 
-    ``managed`` maps a mount name to (mnt_id, root, target, fingerprint) from the
-    state file; ``fingerprints`` gives the plan's current fingerprint (needed for
-    managed mounts only); ``root_paths`` the absolute directory of each root (for
-    mount points). A managed mount the plan no longer lists is a DELETE change
-    with ``prune``, else it goes to :attr:`ChangeSet.kept`.
+    ``managed`` maps a mount name to (mnt_id, root, target, fingerprint[, unique])
+    from the state file; ``fingerprints`` gives the plan's current fingerprint
+    (needed for managed mounts only); ``root_paths`` the absolute directory of each
+    root (for mount points); ``owned`` the ids of other mounts that are ours (the
+    submounts recursive binds cloned, a private root's bind). A managed mount the
+    plan no longer lists is a DELETE change with ``prune``, else it goes to
+    :attr:`ChangeSet.kept`. A (re)created mount takes the planned mounts beneath
+    it along (a cascade: they would be shadowed). Every mount beneath a root that
+    is not ours is reported as foreign.
     """
     changes: list[Change] = []
     foreign: list[ForeignMount] = []
@@ -302,6 +307,8 @@ def diff(
         else:
             reason = "drifted" if fields else ""
         changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
+    changes = _cascade(changes)
+    foreign += _foreign_beneath(plan, managed, live, root_paths, owned, {f.mount_point for f in foreign})
     kept: list[Change] = []
     for name, entry in sorted(managed.items()):
         mnt_id, root, target = entry[0], entry[1], entry[2]
@@ -309,6 +316,49 @@ def diff(
             orphan = Change(name, root, target, Action.DELETE, reason="no longer in the plan", mnt_id=mnt_id)
             (changes if prune else kept).append(orphan)
     return ChangeSet(plan.name, tuple(changes), tuple(foreign), tuple(kept))
+
+
+def _cascade(changes: list[Change]) -> list[Change]:
+    """A mount (re)created over planned mounts that exist beneath it replaces them too, after it.
+
+    Otherwise the new mount shadows them: still mounted, unreachable, and
+    reported as unchanged (issue 12).
+    """
+    fresh = [c for c in changes if c.action in {Action.CREATE, Action.REPLACE}]
+    out: list[Change] = []
+    for c in changes:
+        parent = next((p for p in fresh if p.root == c.root and c.target.startswith(p.target + "/")), None)
+        if parent is not None and c.action in {Action.NOOP, Action.UPDATE}:
+            c = Change(c.mount, c.root, c.target, Action.REPLACE, (),
+                       f"cascade: {parent.mount!r} beneath which it lies is {parent.action.name.lower()}d", c.mnt_id)
+        out.append(c)
+    return out
+
+
+def _key(m: LiveMount) -> int:
+    return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
+
+
+def _foreign_beneath(
+    plan: Plan,
+    managed: Mapping[str, tuple[Any, ...]],
+    live: LiveTable,
+    root_paths: Mapping[str, str],
+    owned: frozenset[int],
+    seen: set[str],
+) -> list[ForeignMount]:
+    """Mounts beneath a root (not on a planned target, those are reported already) that are not ours."""
+    ours = set(owned) | {entry[0] for entry in managed.values()}
+    out: list[ForeignMount] = []
+    reported: set[int] = set()
+    for name in sorted({m.root for m in plan.mounts}):
+        path = root_paths[name].rstrip("/") or "/"
+        for m in live.beneath(path):
+            if m.mount_point == path or _key(m) in ours or m.mount_point in seen or _key(m) in reported:
+                continue
+            reported.add(_key(m))
+            out.append(ForeignMount(m.mount_point, m.fs_type, m.source, f"root {name}"))
+    return out
 
 
 def render(changes: ChangeSet) -> str:

@@ -267,7 +267,8 @@ class Engine:
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
-        return diff(plan, managed, live, paths, prints, prune=prune)
+        owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts))
+        return diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
@@ -398,8 +399,6 @@ class Engine:
             for name in compiled.mount_order:
                 change = by_name[name]
                 managed = managed_by_name.get(name)
-                if change.action is Action.NOOP:
-                    continue
                 if change.action is Action.UPDATE and managed is not None:
                     spec = specs[name]
                     where = (f"{name}:update", "update in place: " + ", ".join(f.field for f in change.fields))
@@ -407,15 +406,20 @@ class Engine:
                     plog.info("mount.updated", mount=spec.name, fields=sorted({f.field.split(".")[0] for f in change.fields}))
                     new_prints.append((managed, fingerprint(spec)))
                     updated.append(name)
+                elif change.action in {Action.CREATE, Action.REPLACE}:
+                    todo.append(name)
+            # Replaced mounts go innermost first (a cascade replaces a parent and
+            # the mounts beneath it), then everything is made again in mount order.
+            for name in reversed(todo):
+                managed = managed_by_name.get(name)
+                if managed is None:
                     continue
-                if managed is not None:
-                    if change.action is Action.REPLACE:
-                        where = (f"{name}:unmount", "unmount before replacing")
-                        remove_managed(self.ctx, managed, rootset, plog)
-                        replaced.append(name)
-                    state.mounts.remove(managed)
-                    store.save(state)
-                todo.append(name)
+                if by_name[name].action is Action.REPLACE:
+                    where = (f"{name}:unmount", "unmount before replacing")
+                    remove_managed(self.ctx, managed, rootset, plog)
+                    replaced.append(name)
+                state.mounts.remove(managed)
+                store.save(state)
             for change in changes.changes:
                 managed = managed_by_name.get(change.mount) if change.action is Action.DELETE else None
                 if managed is not None:

@@ -141,3 +141,39 @@ def test_cgroup2_flags_are_not_drift(tmp_path: Path, root_dir: str) -> None:
     engine.apply(plan, {"r": root_dir})
     assert not engine.plan(plan, {"r": root_dir}).has_changes
     engine.destroy(plan, {"r": root_dir})
+
+
+def test_a_new_parent_mount_cascades_to_the_planned_mounts_beneath_it(tmp_path: Path, root_dir: str) -> None:
+    """Adding a tmpfs at x over a managed x/y replaces x/y inside it, instead of shadowing it.
+
+    On main: "1 created, 1 unchanged", x/y shadowed and unreachable, plan said "No changes".
+    """
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(_plan(tmpfs("y", "x/y")), {"r": root_dir})
+    plan = _plan(tmpfs("x", "x"), tmpfs("y", "x/y"))
+    changes = {c.mount: c for c in engine.plan(plan, {"r": root_dir}).changes}
+    assert changes["x"].action is Action.CREATE
+    assert changes["y"].action is Action.REPLACE and "cascade" in changes["y"].reason
+    result = engine.apply(plan, {"r": root_dir})
+    assert result.created == ("x",) and result.replaced == ("y",)
+    assert [m.source for m in read_live_table().at(f"{root_dir}/x/y")] == ["y"]
+    Path(f"{root_dir}/x/y/reachable").write_text("")  # the live y is the one on top, inside the new x
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
+    engine.destroy(plan, {"r": root_dir})
+    assert read_live_table().beneath(root_dir) == []
+
+
+def test_foreign_mounts_anywhere_beneath_a_root_are_reported(tmp_path: Path, root_dir: str) -> None:
+    """A tmpfs at ROOT/foreign or ROOT/scratch/sub (not a planned target) shows up in plan.
+
+    On main: neither plan nor diff showed them.
+    """
+    plan = _plan(tmpfs("scratch", "scratch"))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    for sub in ("foreign", "scratch/sub"):
+        os.makedirs(f"{root_dir}/{sub}")
+        subprocess.run(["mount", "-t", "tmpfs", "handmade", f"{root_dir}/{sub}"], check=True)
+    foreign = engine.plan(plan, {"r": root_dir}).foreign
+    assert sorted(f.mount_point for f in foreign) == [f"{root_dir}/foreign", f"{root_dir}/scratch/sub"]
+    assert all(f.source == "handmade" for f in foreign)
