@@ -40,7 +40,7 @@ from .context import Context
 from .destroy import DestroyResult, destroy_locked, remove_managed
 from .fingerprint import compiled_for, fingerprint
 from .privateroot import PREFIX, is_root_bind, make_roots_private
-from .recovery import recover_store, rollback
+from .recovery import is_unfinished_destroy, recover_store, rollback
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
@@ -146,11 +146,19 @@ class Engine:
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
-                recover_store(self.ctx, store, log)
+                if not is_unfinished_destroy(store):  # else this destroy is exactly what finishes it
+                    recover_store(self.ctx, store, log)
                 state = store.load()
                 if state is None:
                     return DestroyResult(plan.name, (), ())
-                return destroy_locked(self.ctx, plan.name, state, rootset, store, log)
+                # A destroy that stops (EBUSY, a covered mount, a kill) leaves this
+                # entry behind: recover, or the next apply, finishes the job.
+                store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
+                store.journal_write({"op": "destroy"})
+                store.journal_close(remove=False)
+                result = destroy_locked(self.ctx, plan.name, state, rootset, store, log)
+                store.journal_close(remove=True)
+                return result
 
     @contextlib.contextmanager
     def session(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> Iterator[ApplyResult]:

@@ -85,9 +85,10 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
     """Undo a journal an interrupted run left behind; return (undone, leftovers).
 
     A journal holding a ``session`` entry was left by ``mountplan run`` killed
-    while its command ran: the whole committed state is destroyed, as run would
-    have done. The caller holds the instance lock, which the run held for its
-    whole life, so the run that wrote it is gone.
+    while its command ran, one holding ``destroy`` by a destroy that stopped
+    (EBUSY, a covered mount, a kill): the whole committed state is destroyed, as
+    they would have done. The caller holds the instance lock, which they held for
+    their whole life, so whoever wrote it is gone.
     """
     contents = store.journal_load()
     entries = list(contents.entries)
@@ -95,7 +96,7 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
         store.journal_close(remove=True)
         return [], [f"{store.journal_path} line {m.line}: {m.reason}" for m in contents.malformed]
     plog = log.bind(state=store.key)
-    if any(e.get("op") == "session" for e in entries):
+    if any(e.get("op") in FINISH_OPS for e in entries):
         return _finish_session(ctx, store, entries, plog, raise_on_leftovers)
     header, items, bad = pending(entries)
     bad += [f"{store.journal_path} line {m.line}: {m.reason}" for m in contents.malformed]
@@ -144,6 +145,15 @@ def _reopen_roots(header: dict[str, Any] | None) -> dict[str, RootHandle]:
         if handle is not None:
             roots[str(name)] = handle
     return roots
+
+
+#: Journal entries that mean "destroy everything in the state" to recovery.
+FINISH_OPS = frozenset({"session", "destroy"})
+
+
+def is_unfinished_destroy(store: StateStore) -> bool:
+    """The journal asks for the whole state to be destroyed (a destroy or a run that did not finish)."""
+    return any(e.get("op") in FINISH_OPS for e in store.journal_load().entries)
 
 
 def _finish_session(
