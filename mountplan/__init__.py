@@ -25,6 +25,8 @@ from mountplan.errors import (
 )
 from mountplan.model import Plan
 
+#: The one place the version is written: pyproject.toml reads it (setuptools
+#: ``dynamic = ["version"]``), the CLI's ``--version`` prints it.
 __version__ = "0.1.0"
 
 _API = frozenset(

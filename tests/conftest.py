@@ -1,9 +1,11 @@
 """Suite-wide harness: sandboxed mount tests and a host mount-table guard.
 
 Tests marked ``mountns`` (or ``cgroupns``) run in a forked child inside fresh
-namespaces (see mountplan.testing); ``cgroupns`` tests run only in a new cgroup
-namespace and are skipped where none can be made. Fixtures still run in the
-parent, so fixtures must never mount. At the end every host mount must be
+namespaces: mountplan's own pytest plugin (mountplan/pytest_plugin.py, loaded
+from its ``pytest11`` entry point) registers those markers and runs them, as it
+does for users' tests; ``cgroupns`` tests run only in a new cgroup namespace
+and are skipped where none can be made. Fixtures still run in the parent, so
+fixtures must never mount. At the end every host mount must be
 exactly what it was: the same mounts with the same mount options, super options
 and propagation (a cgroup2 mount from the initial cgroup namespace changes the
 host's cgroup2 super options without adding a mount).
@@ -18,12 +20,10 @@ from typing import Any
 import pytest
 
 from mountplan.testing import (
-    CgroupNamespaceUnavailable,
     MountRecord,
     describe_mount_table_changes,
     is_privileged,
     read_mount_records,
-    run_in_sandbox,
 )
 
 _HOST_TABLE: list[MountRecord] = []
@@ -60,20 +60,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    cgroupns = pyfuncitem.get_closest_marker("cgroupns") is not None
-    if pyfuncitem.get_closest_marker("mountns") is None and not cgroupns:
-        return None
-    if pyfuncitem.get_closest_marker("rootonly") is not None and not is_privileged():
+def pytest_configure(config: pytest.Config) -> None:
+    # Without the plugin a mountns test would run unsandboxed, on the host's table.
+    if config.pluginmanager.get_plugin("mountplan") is None:
+        raise pytest.UsageError(
+            "mountplan's pytest plugin is not loaded, so mountns tests would mount on the host: "
+            "install mountplan into this environment (pip install -e .) and do not pass -p no:mountplan"
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    sandboxed = item.get_closest_marker("mountns") is not None or item.get_closest_marker("cgroupns") is not None
+    if sandboxed and item.get_closest_marker("rootonly") is not None and not is_privileged():
         pytest.skip("needs root in the initial user namespace")
-    funcargs = pyfuncitem.funcargs
-    kwargs: dict[str, Any] = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    try:
-        run_in_sandbox(pyfuncitem.obj, require_cgroupns=cgroupns, **kwargs)
-    except CgroupNamespaceUnavailable as exc:
-        pytest.skip(f"mounts cgroup2, which is safe only from a new cgroup namespace: {exc}")
-    return True
 
 
 @pytest.fixture

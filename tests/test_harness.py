@@ -206,7 +206,7 @@ mountplan.testing.enter_cgroup_namespace = _refuse
 def test_cgroupns_test_is_skipped_with_the_reason_when_no_cgroup_namespace_can_be_made(
     tmp_path: Path,
 ) -> None:
-    """The suite's conftest turns CgroupNamespaceUnavailable into a skip that names the kernel's refusal."""
+    """mountplan's pytest plugin turns CgroupNamespaceUnavailable into a skip that names the kernel's refusal."""
     (tmp_path / "conftest.py").write_text(
         (Path(__file__).parent / "conftest.py").read_text() + _REFUSING_CONFTEST
     )

@@ -25,11 +25,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mountplan import __version__
 from mountplan.errors import MountplanError, PlanError, RootError
 
 from . import logs
 from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
 from ._output import ArgumentParser, err, out, out_json
+from ._schema_cmd import add_schema_parser
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mountplan",
         description="Declarative mount plans for Linux, applied transactionally with the new mount API.",
     )
-    parser.add_argument("--version", action="version", version="mountplan 0.1.0")
+    parser.add_argument("--version", action="version", version=f"mountplan {__version__}")
     common = ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: every step)")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--destroy", action="store_true", help="the destroy transcript")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_steps)
+
+    add_schema_parser(sub, parents=[common])
     return parser
 
 

@@ -46,13 +46,35 @@ def _validators() -> tuple[Draft202012Validator, Draft202012Validator, re.Patter
     Mounts are checked one by one so that the common, valid ones can skip
     jsonschema (see _is_surely_valid_mount): it costs ~150 µs a mount.
     """
-    schema = load_schema()
+    schema = _without_semantic_rules(load_schema())
     mount = schema["$defs"]["mount"]
-    shell = load_schema()
+    shell = _without_semantic_rules(load_schema())
     shell["properties"]["mounts"]["items"] = True
     ident = re.compile(schema["properties"]["name"]["pattern"])
     target = re.compile(mount["properties"]["target"]["pattern"])
     return Draft202012Validator(shell), Draft202012Validator(mount), ident, target
+
+
+def _without_semantic_rules(node: Any) -> Any:
+    """``node`` without the ``allOf`` items marked ``x-semantic-check``.
+
+    Those items repeat, for editors and check-jsonschema, rules that
+    mountplan.loader._semantic checks with its own located messages (one atime
+    mode, bind path absolute or beneath its root, file mountpoints for binds
+    only); jsonschema would report each a second time, in its words.
+    """
+    if isinstance(node, list):
+        return [_without_semantic_rules(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {key: _without_semantic_rules(value) for key, value in node.items()}
+    if "allOf" in result:
+        kept = [item for item in result["allOf"] if not (isinstance(item, dict) and "x-semantic-check" in item)]
+        if kept:
+            result["allOf"] = kept
+        else:
+            del result["allOf"]
+    return result
 
 
 def target_pattern() -> re.Pattern[str]:

@@ -22,12 +22,19 @@ _INTRO = """\
 {description}
 
 The contract is the JSON Schema `schemas/mountplan.schema.json` (draft 2020-12, `$id`
-`{id}`), which is also shipped inside the package (`mountplan.loader.schema()`).
-Point an editor with yaml-language-server at it for completion and documentation:
+`{id}`), which is also shipped inside the package (`mountplan.loader.schema()`,
+`mountplan schema`). Point an editor with yaml-language-server at it for completion,
+documentation and checks as you type; for a plan anywhere on the machine:
+
+```sh
+mountplan schema --install ~/.local/share/mountplan   # prints the installed file's path
+```
 
 ```yaml
-# yaml-language-server: $schema=../schemas/mountplan.schema.json
+# yaml-language-server: $schema=/home/you/.local/share/mountplan/mountplan.schema.json
 ```
+
+See [docs/editors.md](editors.md) for editor setup.
 
 ## Example
 

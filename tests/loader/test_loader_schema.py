@@ -25,8 +25,14 @@ CHECK_JSONSCHEMA = pathlib.Path(sys.executable).parent / "check-jsonschema"
 
 
 def walk_properties(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every (path, schema) under a ``properties`` keyword, at any depth."""
+    """Every (path, schema) under a ``properties`` keyword, at any depth.
+
+    Rules marked ``x-semantic-check`` are skipped: they constrain keys declared
+    (with title, description and examples) elsewhere, and declare none.
+    """
     if isinstance(node, dict):
+        if "x-semantic-check" in node:
+            return
         for name, sub in node.get("properties", {}).items():
             yield f"{where}.{name}", sub
         for key, sub in node.items():
@@ -93,6 +99,14 @@ SCHEMA_INVALID = [
     "roots-empty",
     "propagation-unknown",
     "mountpoint-create-yes",
+    # Semantic rules the schema repeats for editors (x-semantic-check items).
+    "atime-conflict",
+    "atime-conflict-in-defaults",
+    "bind-relative-host-path",
+    "bind-root-absolute",
+    "bind-root-climbs",
+    "bind-root-itself",
+    "mountpoint-file-for-filesystem",
 ]
 
 
@@ -159,3 +173,99 @@ def test_fast_mount_check_implies_schema_valid(mount: dict[str, Any]) -> None:
     _, mount_validator, ident, target = _validators()
     if _is_surely_valid_mount(mount, ident, target):
         assert mount_validator.is_valid(mount), mount
+
+
+def full_schema_accepts(plan: dict[str, Any]) -> bool:
+    """What check-jsonschema decides: the packaged schema with every rule, semantic ones included."""
+    return Draft202012Validator(schema()).is_valid(plan)
+
+
+def check_accepts(plan: dict[str, Any]) -> bool:
+    built, _ = check(json.dumps(plan), filename="plan.yaml")
+    return built is not None
+
+
+def one_mount_plan(mount: Any, defaults: Any = None) -> dict[str, Any]:
+    plan: dict[str, Any] = {"version": 1, "name": "p", "roots": {"input": {}}, "mounts": [mount]}
+    if defaults is not None:
+        plan["defaults"] = defaults
+    return plan
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mounts)
+def test_full_schema_rejects_only_what_check_rejects(mount: dict[str, Any]) -> None:
+    """The schema editors and check-jsonschema use is never stricter than `mountplan validate`."""
+    plan = one_mount_plan(mount)
+    if not full_schema_accepts(plan):
+        assert not check_accepts(plan), mount
+
+
+_atime_lists = st.lists(st.sampled_from(["ro", "noatime", "relatime", "strictatime", "nodev"]), max_size=4)
+_bind_paths = st.sampled_from(
+    [".", "./", "./.", ".//./", "..", "../x", "a/..", "a/../b", "a/./b", "...", ".x", "x/.", "/", "/usr", "//x", "usr"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    attrs=_atime_lists,
+    default_attrs=st.one_of(st.none(), _atime_lists),
+    bind_path=_bind_paths,
+    bind_root=st.booleans(),
+    is_bind=st.booleans(),
+    kind=st.sampled_from([None, "file", "directory"]),
+)
+def test_full_schema_and_check_agree_on_the_semantic_rules_it_repeats(
+    attrs: list[str],
+    default_attrs: list[str] | None,
+    bind_path: str,
+    bind_root: bool,
+    is_bind: bool,
+    kind: str | None,
+) -> None:
+    """One atime mode per list, bind paths absolute or beneath their root, file mountpoints for binds only."""
+    mount: dict[str, Any] = {"name": "m", "target": "t", "attrs": attrs}
+    if is_bind:
+        mount["bind"] = {"path": bind_path, **({"root": "input"} if bind_root else {})}
+    else:
+        mount["type"] = "tmpfs"
+    if kind is not None:
+        mount["mountpoint"] = {"kind": kind}
+    plan = one_mount_plan(mount, None if default_attrs is None else {"attrs": default_attrs})
+    assert full_schema_accepts(plan) == check_accepts(plan), plan
+
+
+def test_the_loader_reports_each_semantic_rule_once() -> None:
+    """The schema's copies of semantic rules do not add jsonschema's wording to the loader's diagnostic."""
+    path = CORPUS / "atime-conflict.yaml"
+    _, diagnostics = check(path.read_bytes(), filename=path.name)
+    assert len(diagnostics) == 1 and "conflicting attributes" in diagnostics[0].message
+
+
+def test_editor_keywords_accompany_every_description_and_pattern() -> None:
+    """yaml-language-server renders markdownDescription and shows patternErrorMessage instead of a regex."""
+
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if "x-semantic-check" in node:
+                return  # its enum and patterns are never offered as completions
+            yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    nodes = list(walk(schema()))
+    described = [node for node in nodes if isinstance(node.get("description"), str)]
+    assert described and all(node.get("markdownDescription") for node in described)
+    patterned = [node for node in nodes if isinstance(node.get("pattern"), str)]
+    assert patterned and all(node.get("patternErrorMessage") for node in patterned)
+    enums = [node for node in nodes if len(node.get("enum", [])) > 1]
+    assert all(len(node["markdownEnumDescriptions"]) == len(node["enum"]) for node in enums)
+
+
+def test_schema_id_is_https() -> None:
+    """The $id is a stable https URL, not a URN editors cannot load."""
+    assert schema()["$id"].startswith("https://")
