@@ -17,6 +17,7 @@ from .constants import MountAttr
 __all__ = [
     "LISTMOUNT_REVERSE",
     "LSMT_ROOT",
+    "StatmountBuffer",
     "StatmountMask",
     "StatmountResult",
     "iter_mounts",
@@ -228,6 +229,81 @@ _STATMOUNT_HINTS = {
 
 def _mask_names(mask: int) -> str:
     return "|".join(m.name for m in StatmountMask if m.name and m & mask) or "0"
+
+
+class StatmountBuffer:
+    """One request and one answer buffer reused across many statmount(2) calls.
+
+    :func:`statmount` allocates and decodes everything into a
+    :class:`StatmountResult`; reading a table of thousands of mounts spends most of
+    its time doing exactly that. This object keeps the answer in place: call
+    :meth:`call`, then read only the fields needed with :meth:`u32`, :meth:`u64`
+    and :meth:`string` (offsets as in ``struct statmount``, kernel.md).
+    """
+
+    __slots__ = ("_addr", "_buf", "_req", "_req_arg", "_size", "_size_arg")
+
+    def __init__(self, size: int = _INITIAL_BUFFER) -> None:
+        self._req = ctypes.create_string_buffer(_REQ.size)
+        self._req_arg = ctypes.byref(self._req)
+        self._alloc(size)
+
+    def _alloc(self, size: int) -> None:
+        self._buf = ctypes.create_string_buffer(size)
+        self._size = size
+        self._size_arg = ctypes.c_size_t(size)
+        self._addr = ctypes.addressof(self._buf)
+
+    def call(self, mnt_id: int, mask: int, *, ns_id: int = 0) -> int:
+        """statmount(2) into the buffer; return the answer's mask. Raises KernelError.
+
+        The buffer doubles on EOVERFLOW (long option strings) up to 16 MiB.
+        """
+        _REQ.pack_into(self._req, 0, _REQ.size, 0, mnt_id, mask, ns_id)  # param is the mask
+        while True:
+            ret = _libc.syscall("statmount", self._req_arg, self._buf, self._size_arg, ctypes.c_uint(0))
+            if ret >= 0:
+                (got,) = _U64.unpack_from(self._buf, 8)
+                return int(got)
+            err = -ret
+            if err == errno.EOVERFLOW and self._size < _MAX_BUFFER:
+                self._alloc(self._size * 2)
+                continue
+            raise KernelError(
+                err,
+                "statmount",
+                paths=[f"mnt_id={mnt_id}"] + ([f"ns_id={ns_id}"] if ns_id else []),
+                flags=_mask_names(mask),
+                hint=_STATMOUNT_HINTS.get(err, ""),
+            )
+
+    def u32(self, offset: int) -> int:
+        """The u32 at ``offset`` of the last answer."""
+        (value,) = _U32.unpack_from(self._buf, offset)
+        return int(value)
+
+    def u64(self, offset: int) -> int:
+        """The u64 at ``offset`` of the last answer."""
+        (value,) = _U64.unpack_from(self._buf, offset)
+        return int(value)
+
+    def unpack(self, fmt: struct.Struct, offset: int) -> tuple[int, ...]:
+        """Several fixed-size fields of the last answer at once."""
+        return fmt.unpack_from(self._buf, offset)
+
+    def string(self, offset: int) -> str:
+        """The string whose u32 offset (into the string area) is stored at ``offset``.
+
+        Only meaningful when the answer's mask has the field's bit: the kernel
+        leaves an empty string's bit out.
+        """
+        (rel,) = _U32.unpack_from(self._buf, offset)
+        raw = ctypes.string_at(self._addr + _HEADER_SIZE + rel)
+        return raw.decode("utf-8", "surrogateescape")
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 def listmount(
