@@ -23,11 +23,15 @@ PlanLike = Plan | str | os.PathLike[str]
 Roots = Mapping[str, str | int]
 
 
-def load(path: str | os.PathLike[str], *, strict_kernel: bool = True) -> Plan:
-    """Load and validate a plan file; raise PlanError carrying every diagnostic."""
+def load(path: str | os.PathLike[str], *, strict_kernel: bool = True, cache: bool = False) -> Plan:
+    """Load and validate a plan file; raise PlanError carrying every diagnostic.
+
+    ``cache``: reuse the result of an earlier load of the same bytes (the
+    validated-plan cache, see docs/performance.md) instead of parsing again.
+    """
     from mountplan import loader
 
-    return loader.load(path, strict_kernel=strict_kernel)
+    return loader.load(path, strict_kernel=strict_kernel, cache=cache)
 
 
 def _plan(plan: PlanLike) -> Plan:

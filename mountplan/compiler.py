@@ -19,12 +19,13 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from mountplan.errors import CompileError
 from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "CompiledPlan",
@@ -223,6 +224,8 @@ def mount_order(plan: Plan) -> tuple[tuple[str, ...], tuple[Edge, ...]]:
     index = {m.name: i for i, m in enumerate(plan.mounts)}
     order = _earliest_first_order(index, edges)
     if order is None:
+        import networkx as nx  # only to describe the cycle
+
         graph: nx.DiGraph[str] = nx.DiGraph()
         graph.add_nodes_from(index)
         graph.add_edges_from(edges)
@@ -258,6 +261,7 @@ def _earliest_first_order(index: dict[str, int], pairs: Iterable[tuple[str, str]
 
 
 def _describe_cycle(graph: nx.DiGraph[str], edges: dict[tuple[str, str], Edge]) -> str:
+    import networkx as nx
     cycle = min(
         (c for c in nx.simple_cycles(graph)),
         key=lambda c: (len(c), sorted(c)),
@@ -455,6 +459,8 @@ def _step_graph(
     pairs each plan mount's root node with its chain; ``links`` are the ordering
     edges between chains, with their reasons.
     """
+    import networkx as nx  # executing a plan needs only the ordered steps; the graph is built on demand
+
     graph: nx.DiGraph[str] = nx.DiGraph()
     node_attrs, successors, predecessors = _storage(graph)
     # add_nodes_from/add_edges_from check and merge attributes item by item:
@@ -494,6 +500,8 @@ def _step_graph_by_calls(
     links: list[tuple[str, str, str]],
 ) -> nx.DiGraph[str]:
     """``_step_graph`` through networkx's public calls, for step ids that repeat."""
+    import networkx as nx
+
     graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(r.id for r in roots)
     chain_links: list[tuple[str, str]] = []

@@ -32,6 +32,7 @@ from . import logs
 from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
 from ._output import ArgumentParser, err, out, out_json
 from ._schema_cmd import add_schema_parser
+from ._watch_cmd import add_watch_parser
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -53,7 +54,9 @@ def _roots(args: argparse.Namespace) -> dict[str, str | int]:
 def _load(path: str, *, strict_kernel: bool = True) -> Any:
     from mountplan import api
 
-    return api.load(path, strict_kernel=strict_kernel)
+    # The CLI is the per-action path (a worker execs `mountplan run` per build
+    # action): reuse the validated form of a plan file it has loaded before.
+    return api.load(path, strict_kernel=strict_kernel, cache=True)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -322,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_steps)
 
     add_schema_parser(sub, parents=[common])
+    add_watch_parser(sub, parents=[common, run])
     return parser
 
 

@@ -14,11 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mountplan.errors import PlanError
-from mountplan.loader._build import build_plan
 from mountplan.loader._files import UnreadableFileError, read_regular_file
-from mountplan.loader._schema import load_schema, validate
-from mountplan.loader._semantic import check_semantics
-from mountplan.loader._yaml import parse
 from mountplan.loader.diagnostics import Diagnostic, Severity, sort_diagnostics
 from mountplan.loader.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_MOUNTS
 from mountplan.model import Plan
@@ -37,8 +33,14 @@ __all__ = [
 ]
 
 
+# The checking modules (PyYAML, jsonschema) are imported on first use: loading a
+# plan that is in the validated-plan cache (see _cache) needs none of them.
+
+
 def schema() -> dict[str, Any]:
     """The plan JSON Schema (draft 2020-12) shipped inside the package."""
+    from mountplan.loader._schema import load_schema
+
     return load_schema()
 
 
@@ -69,6 +71,11 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _check(text: str | bytes, filename: str, strict_kernel: bool) -> tuple[Plan | None, list[Diagnostic]]:
+    from mountplan.loader._build import build_plan
+    from mountplan.loader._schema import validate
+    from mountplan.loader._semantic import check_semantics
+    from mountplan.loader._yaml import parse
+
     doc, diagnostics = parse(text, filename)
     if doc is not None:
         mounts = doc.data.get("mounts") if isinstance(doc.data, dict) else None
@@ -116,9 +123,31 @@ def check_file(
     return check(data, filename=filename, strict_kernel=strict_kernel)
 
 
-def load(path: str | os.PathLike[str], *, strict_kernel: bool = True) -> Plan:
-    """Read and load the plan file at ``path``; raise PlanError with every error found."""
-    plan, diagnostics = check_file(path, strict_kernel=strict_kernel)
+def load(path: str | os.PathLike[str], *, strict_kernel: bool = True, cache: bool = False) -> Plan:
+    """Read and load the plan file at ``path``; raise PlanError with every error found.
+
+    With ``cache``, a file whose exact bytes loaded before (same name, same
+    mountplan, same kernel) comes from the validated-plan cache without being
+    parsed again; see :mod:`mountplan.loader._cache` for where it lives and what
+    it trusts. The CLI turns it on; a library caller opts in.
+    """
+    if not cache:
+        plan, diagnostics = check_file(path, strict_kernel=strict_kernel)
+        if plan is None:
+            raise PlanError(diagnostics)
+        return plan
+    from mountplan.loader import _cache
+
+    filename = os.fspath(path)
+    try:
+        data = read_regular_file(filename, MAX_FILE_BYTES)
+    except UnreadableFileError as exc:
+        raise PlanError([Diagnostic(filename, 1, 1, Severity.ERROR, f"cannot read plan: {exc}")]) from None
+    key, cached = _cache.lookup(data, filename, strict_kernel)
+    if cached is not None:
+        return cached
+    plan, diagnostics = check(data, filename=filename, strict_kernel=strict_kernel)
     if plan is None:
         raise PlanError(diagnostics)
+    _cache.store(key, plan)
     return plan
