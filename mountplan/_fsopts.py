@@ -159,9 +159,8 @@ def _tmpfs(options: Mapping[str, str | None], ids: IdMap) -> Options:
         blocks, rest = _memparse(options["nr_blocks"] or "")
         if rest:
             raise ValueError(f"bad tmpfs nr_blocks {options['nr_blocks']!r}")
-    if blocks is not None:
-        if blocks != ram // 2:
-            out["size"] = f"{blocks * _PAGE // 1024}k"
+    if blocks is not None and blocks != ram // 2:
+        out["size"] = f"{blocks * _PAGE // 1024}k"
     if "nr_inodes" in options:
         inodes, rest = _memparse(options["nr_inodes"] or "")
         if rest:

@@ -25,6 +25,7 @@ from .detach import detach_fd
 from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .identity import RootEvidence, root_evidence
+from .legacy import remount_attrs, set_propagation
 from .syscalls import (
     MountIds,
     fsconfig_create,
@@ -91,7 +92,9 @@ __all__ = [
     "openat2",
     "openat2_if_exists",
     "read_fs_messages",
+    "remount_attrs",
     "root_evidence",
+    "set_propagation",
     "statx_mount_ids",
     "umount_at",
 ]

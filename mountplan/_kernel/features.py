@@ -37,11 +37,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mountplan.errors import FeatureMissingError, KernelError
+from mountplan.errors import FeatureMissingError
 
 from . import _libc
-from .constants import AtFlag
-from .syscalls import statx_mount_ids
+from .syscalls import statx_reports_unique_ids
 
 __all__ = ["REQUIRED", "SINCE", "Availability", "Features", "detect", "has_mount_capability", "probe"]
 
@@ -62,7 +61,11 @@ SINCE: dict[str, str] = {
 
 #: What mountplan cannot work without, in the order a refusal names them
 #: (fspick: apply reconfigures a drifted mount in place with it).
-REQUIRED = ("fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "openat2", "mount_setattr")
+REQUIRED = ("fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "openat2")
+#: Needed only by some plans (the engine asks for them before any change): mount_setattr
+#: for attributes on a recursive bind's submounts; without it, attributes and
+#: propagation go through the classic mount(2) (mountplan._kernel.legacy).
+SOMETIMES = ("mount_setattr",)
 
 #: Probes whose first check is ``may_mount()`` (CAP_SYS_ADMIN over the mount namespace).
 _CAPABILITY_CHECKED = frozenset({"fsopen", "fsmount", "fspick", "move_mount"})
@@ -172,10 +175,7 @@ def _classify(
 
 
 def _has_unique_mount_ids() -> bool:
-    try:
-        return statx_mount_ids(-100, "/", AtFlag(0)).unique
-    except KernelError:
-        return False
+    return statx_reports_unique_ids()
 
 
 @dataclass(frozen=True, slots=True)

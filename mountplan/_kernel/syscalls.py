@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import struct
 from collections.abc import Sequence
@@ -406,15 +407,39 @@ _ACTIVE_PROFILE = _emulation.active_profile()
 _HIDE_UNIQUE_MOUNT_ID = _ACTIVE_PROFILE is not None and not _ACTIVE_PROFILE.has_unique_mount_ids
 
 
+@functools.cache
+def _unique_ids_usable() -> bool:
+    """Unique ids only help where the live table has them too (statmount + listmount).
+
+    A container that blocks statmount on a 6.8+ kernel still answers statx with
+    the unique id, but its table comes from mountinfo, which has only the 32-bit
+    ids: one id space for the whole process keeps every lookup consistent.
+    """
+    from .features import detect  # features probes through this module's siblings only
+
+    features = detect()
+    return features.has_unique_mount_ids and features.has("statmount") and features.has("listmount")
+
+
+def statx_reports_unique_ids() -> bool:
+    """Whether statx answers with ``STATX_MNT_ID_UNIQUE`` here (6.8+; the test seam can hide it)."""
+    if _HIDE_UNIQUE_MOUNT_ID:
+        return False
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    ret = _libc.call(_libc.statx, -100, _path("/"), 0, int(StatxMask.MNT_ID_UNIQUE), buf)
+    return ret >= 0 and bool(struct.unpack_from("<I", buf.raw, _STX_MASK_OFFSET)[0] & StatxMask.MNT_ID_UNIQUE)
+
+
 def statx_mount_ids(dirfd: int, path: str = "", flags: AtFlag = AtFlag.EMPTY_PATH) -> MountIds:
     """Mount id of the object: the unique 64-bit one (6.8+) or the old reusable one.
 
     Under an emulated kernel profile older than 6.8 (``MOUNTPLAN_KERNEL_PROFILE``,
     see :mod:`mountplan._kernel.emulation`) only the 32-bit id is requested and
-    ``unique`` is False, as on such a kernel.
+    ``unique`` is False, as on such a kernel; likewise where statmount is unusable
+    (the live table then has 32-bit ids only).
     """
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if not _HIDE_UNIQUE_MOUNT_ID:
+    if _unique_ids_usable():
         mask = StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID
         ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID_UNIQUE), buf)
         if ret < 0:

@@ -26,6 +26,7 @@ from mountplan.errors import ExecutionError, KernelError, RootError
 from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec
 
+from .attrs import has_mount_setattr, set_attrs
 from .context import Context
 from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
@@ -51,6 +52,8 @@ class Handles:
     unique: bool = True
     submounts: tuple[int, ...] = ()
     proof: list[int | None] | None = None
+    #: (set, clear) still to apply once attached, on kernels without mount_setattr
+    pending_attrs: tuple[MountAttr, MountAttr] | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -152,9 +155,14 @@ class Attacher:
         attr_clr = MountAttr(0)
         if Attr.RELATIME in spec.attrs:
             attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
-        if attr_set or attr_clr:
+        if not (attr_set or attr_clr):
+            return
+        if has_mount_setattr():
             flags = _EMPTY_PATH_RECURSIVE if spec.bind.recursive else _EMPTY_PATH
             self.ctx.backend.mount_setattr(h.mnt.fileno(), "", flags, attr_set, attr_clr)
+        else:
+            # mount(2) reaches attached mounts only: set right after move_mount.
+            h.pending_attrs = (attr_set, attr_clr)
 
     # ---------------------------------------------------------------- mountpoint
 
@@ -260,6 +268,8 @@ class Attacher:
         h.target.close()
         self.ours.add(ids.mnt_id)
         self._check_landed(spec, root, h, shown)
+        if h.pending_attrs is not None:
+            set_attrs(self.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
 
     def _source_path(self, spec: MountSpec) -> str:
         assert spec.bind is not None
@@ -321,8 +331,9 @@ class Attacher:
 
     def _propagation(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert h.mnt is not None
-        flags = _EMPTY_PATH_RECURSIVE if spec.bind is not None and spec.bind.recursive else _EMPTY_PATH
-        self.ctx.backend.mount_setattr(h.mnt.fileno(), "", flags, propagation=spec.propagation.kernel_value)
+        recursive = spec.bind is not None and spec.bind.recursive
+        set_attrs(self.ctx, h.mnt.fileno(), propagation=spec.propagation.kernel_value, recursive=recursive,
+                  shown=f"{spec.root}:{spec.target}")
         h.mnt.close()
 
 

@@ -33,6 +33,8 @@ CALLS = (
     "umount_at",
     "detach_fd",
     "root_evidence",
+    "remount_attrs",
+    "set_propagation",
     "fspick",
     "fsconfig_reconfigure",
 )

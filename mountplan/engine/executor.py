@@ -35,6 +35,7 @@ from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Plan
 
 from .attach import Attacher, Handles
+from .attrs import required_for
 from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked, remove_managed
@@ -131,6 +132,7 @@ class Engine:
     ) -> ApplyResult:
         """Make every planned mount; undo everything on failure."""
         detect().require()
+        detect().require(*required_for(plan))
         warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
@@ -171,6 +173,7 @@ class Engine:
         instance (which gets the lock only once we are gone) destroys them.
         """
         detect().require()
+        detect().require(*required_for(plan))
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
@@ -333,6 +336,7 @@ class Engine:
 
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
+        detect().require(*required_for(plan))
         compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
         paths.update(roots or {})

@@ -10,11 +10,12 @@ last on destroy (an unmount propagates, so its copies in the peers go with it).
 
 from __future__ import annotations
 
-from mountplan._kernel import AtFlag, Fd, MoveMountFlag, OpenTreeFlag
+from mountplan._kernel import Fd, MoveMountFlag, OpenTreeFlag
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.model import Plan
 
 from .attach import clone_ids
+from .attrs import set_attrs
 from .context import Context
 from .roots import RootSet
 from .state import ManagedMount, State
@@ -55,7 +56,7 @@ def make_roots_private(ctx: Context, tx: Transaction, plan: Plan, rootset: RootS
             # Attached beneath a shared mount, the bind joined that mount's peer
             # group (the kernel shares the new tree so peers receive copies):
             # leave it now, before anything is mounted beneath it.
-            k.mount_setattr(mnt.fileno(), "", AtFlag.EMPTY_PATH | AtFlag.RECURSIVE, propagation=KernelPropagation.PRIVATE)
+            set_attrs(ctx, mnt.fileno(), propagation=KernelPropagation.PRIVATE, recursive=True, shown=f"{spec.name}:.")
         except BaseException:
             mnt.close()
             raise

@@ -9,13 +9,14 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from mountplan._kernel import AtFlag, FspickFlag, MountAttr
+from mountplan._kernel import FspickFlag, MountAttr
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.changes import Change, compare
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Attr, MountKind, MountSpec
 
+from .attrs import set_attrs
 from .context import Context
 from .roots import O_PATH_ANY, RootHandle, resolve
 from .transaction import Transaction, Undo
@@ -46,7 +47,8 @@ def update_in_place(ctx: Context, tx: Transaction, spec: MountSpec, root: RootHa
                 clear = MountAttr(int(SETTABLE) & ~int(want))
             elif Attr.RELATIME in spec.attrs:
                 clear = MountAttr.NOATIME | MountAttr.STRICTATIME
-            k.mount_setattr(target.fileno(), "", AtFlag.EMPTY_PATH, want, clear, propagation=spec.propagation.kernel_value)
+            set_attrs(ctx, target.fileno(), want, clear, propagation=spec.propagation.kernel_value,
+                      shown=f"{root.name}:{spec.target}")
         if "options" in fields or "superblock" in fields:
             options = [(opt.key, opt.value) for opt in spec.options] if "options" in fields else []
             if "superblock" in fields:
@@ -126,10 +128,8 @@ def restore(ctx: Context, item: Undo, root: RootHandle) -> None:
     try:
         if k.statx_mount_ids(target.fileno()).mnt_id != item.mnt_id:
             return  # not the mount we updated any more
-        k.mount_setattr(
-            target.fileno(), "", AtFlag.EMPTY_PATH, MountAttr(int(r["attrs"])), MountAttr(int(r["clear"])),
-            propagation=KernelPropagation[str(r["propagation"])],
-        )
+        set_attrs(ctx, target.fileno(), MountAttr(int(r["attrs"])), MountAttr(int(r["clear"])),
+                  propagation=KernelPropagation[str(r["propagation"])], shown=f"{root.name}:{item.path}")
         options = r.get("options")
         if isinstance(options, dict) and options:
             _reconfigure(ctx, target.fileno(), [(str(key), None if v is None else str(v)) for key, v in sorted(options.items())])

@@ -18,9 +18,11 @@ from _plans import bind, tmpfs
 from _profiles import needs_engine
 
 from mountplan._kernel import statx_mount_ids
+from mountplan._kernel.constants import MountAttr
+from mountplan._kernel.constants import Propagation as KernelPropagation
 from mountplan.engine import Engine
 from mountplan.livetable import read_live_table
-from mountplan.model import Option, Plan, RootSpec, SourceRef
+from mountplan.model import Attr, Option, Plan, Propagation, RootSpec, SourceRef
 from mountplan.testing import mount_table_snapshot
 
 pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
@@ -70,3 +72,24 @@ def test_a_stranger_that_got_our_32_bit_id_survives_destroy(tmp_path: Path, root
     assert [m.mnt_id_old for m in after] == [ours], "the stranger's mount was unmounted"
     assert statx_mount_ids(-100, point).mnt_id == stranger.mnt_id
     assert os.path.isdir(point)
+
+
+def test_attributes_and_propagation_land_with_or_without_mount_setattr(tmp_path: Path, root_dir: str) -> None:
+    """A read-only, nosuid bind and a shared tmpfs get exactly what the plan says.
+
+    Under the 5.6 and container profiles mount_setattr is gone: attributes go
+    through a bind remount and propagation through mount(2), both on the
+    mount's own fd, right after it is attached.
+    """
+    plan = Plan(name="attrs", roots=(RootSpec("r"),), mounts=(
+        bind("ro", "ro", SourceRef("/usr"), recursive=False, attrs=frozenset({Attr.RO, Attr.NOSUID})),
+        tmpfs("shared", "shared", propagation=Propagation.SHARED),
+    ))
+    engine = Engine(state_dir=str(tmp_path / "state"))
+    engine.apply(plan, {"r": root_dir})
+    ro = read_live_table().at(f"{root_dir}/ro")[-1]
+    assert ro.attrs & MountAttr.RDONLY and ro.attrs & MountAttr.NOSUID
+    assert read_live_table().at(f"{root_dir}/shared")[-1].propagation is KernelPropagation.SHARED
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
+    engine.destroy(plan, {"r": root_dir})
+    assert read_live_table().beneath(root_dir) == []

@@ -198,7 +198,7 @@ def test_update_killed_midway_is_restored_by_recover(tmp_path: Path, root_dir: s
 
                 def wrapper(*args: Any, **kwargs: Any) -> Any:
                     result = func(*args, **kwargs)
-                    if name == "mount_setattr":
+                    if name in {"mount_setattr", "set_propagation"}:  # the last call of the update
                         os.kill(os.getpid(), signal.SIGKILL)
                     return result
 
