@@ -14,15 +14,28 @@ pid namespace (plus user, net and ipc namespaces when not root): the mounts are
 never visible to the caller, the command sees only its own processes in
 ``/proc``, anything it leaves running is killed before destroy, and if
 mountplan itself dies the namespace and every mount in it die too.
+
+Processes under ``unshare=True``, each armed with PR_SET_PDEATHSIG(SIGKILL)
+against its parent, so killing the caller kills the whole chain::
+
+    caller (run)  ──fork──►  helper: unshare  ──fork──►  pid 1: apply, reap, destroy  ──fork──►  command
+
+Signals: the command stays in the caller's process group, so the terminal's
+^C reaches it directly. While a child runs, each process reads SIGINT, SIGTERM
+and SIGHUP from a signalfd and forwards only those another process sent; the
+ones the kernel sent (the terminal's, to the whole group) are not forwarded, so
+the command gets each signal once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import pickle
+import select
 import signal
 import threading
 import traceback
@@ -33,7 +46,16 @@ from typing import Any
 
 import structlog
 
-from mountplan._kernel.namespaces import enter_private_namespaces
+from mountplan._kernel.fd import Fd
+from mountplan._kernel.features import REQUIRED, Availability, detect
+from mountplan._kernel.namespaces import (
+    SignalInfo,
+    die_with_parent,
+    enter_private_namespaces,
+    is_pipe_open,
+    read_signalfd,
+    signalfd,
+)
 from mountplan.engine import Engine
 from mountplan.engine.executor import root_paths
 from mountplan.errors import ExecutionError, KernelError, RootError
@@ -75,6 +97,8 @@ class _Relay:
         self.pid: int | None = None
         self.received: list[int] = []
         self._saved: dict[int, _Handler] = {}
+        #: The caller's signal mask: every child gets it back before it goes on.
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         self.received.append(signum)
@@ -82,12 +106,37 @@ class _Relay:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
+    def forward(self, info: SignalInfo) -> None:
+        """Pass a signal read from the signalfd on to the child, unless it already has its own copy.
+
+        The terminal (and the kernel on a controlling process's exit) signals the
+        whole foreground process group, which holds the child too: forwarding
+        that one as well made the command see every ^C twice. The exception is
+        the hangup the kernel sends to a session leader alone.
+        """
+        self.received.append(info.signo)
+        if info.is_from_kernel and not (info.signo == signal.SIGHUP and os.getsid(0) == os.getpid()):
+            return
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, info.signo)
+
     def attach(self, pid: int) -> None:
-        """Forward to ``pid`` from now on, including anything that arrived during the fork."""
+        """Forward to ``pid`` from now on, including anything that arrived before it existed.
+
+        Call it right after the fork, with the forwarded signals blocked. What is
+        pending then was sent before the child existed, so the child has no copy
+        even of a terminal's signal: forward it whatever its origin. (Only a
+        signal sent in the instant between fork and this call can arrive twice.)
+        """
         self.pid = pid
         for signum in self.received:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+        while (info := signal.sigtimedwait(FORWARDED_SIGNALS, 0)) is not None:
+            self.received.append(info.si_signo)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, info.si_signo)
 
     def original(self, signum: int) -> _Handler:
         """The disposition the caller had before ``installed``."""
@@ -152,6 +201,9 @@ def run(
                 f"(it has {', '.join(sorted(names)) or 'none'})"
             )
     command = _Command(tuple(argv), chroot, cwd, dict(env) if env is not None else None)
+    if unshare:
+        _carried_fd(roots)  # refuses what cannot work before anything forks
+        _require_kernel_for_unshare()
     engine = Engine(state_dir=state_dir, lock_timeout=lock_timeout)
     relay = _Relay()
     with relay.installed():
@@ -198,11 +250,23 @@ def _apply_run_destroy(
         if relay.received:
             rlog.warning("run.cancelled", signal=signal.Signals(relay.received[0]).name)
             return 128 + relay.received[0]
-        pid, failed = _spawn(command, chroot_fd, relay)
-        if failed is not None:
-            return failed
-        rlog.info("run.started", pid=pid, chroot=command.chroot)
-        _, status = os.waitpid(pid, 0)
+        # As pid 1 every orphan of the namespace becomes our child: reap on each
+        # SIGCHLD while the command runs, or its finished background jobs stay zombies.
+        by_sigchld = pid_one or not _has_pidfd()
+        with _signals_on_fd(with_sigchld=by_sigchld) as signals:
+            pid, failed = _spawn(command, chroot_fd, relay, pid_one=pid_one)
+            if failed is not None:
+                return failed
+            rlog.info("run.started", pid=pid, chroot=command.chroot)
+            pidfd = None if by_sigchld else Fd(os.pidfd_open(pid), "pidfd")
+            try:
+                status, _ = _wait_forwarding(pid, relay, signals, reap_all=pid_one, pidfd=pidfd)
+            finally:
+                if pidfd is not None:
+                    pidfd.close()
+        if by_sigchld and not pid_one:
+            # We may have swallowed a SIGCHLD the embedding program's handler waits for.
+            os.kill(os.getpid(), signal.SIGCHLD)
         relay.pid = None
         if pid_one:
             # As pid 1 of our own pid namespace we can stop whatever the command
@@ -233,27 +297,24 @@ def _open_chroot(plan: Plan, roots: Mapping[str, str | int] | None, chroot: str 
         raise RootError(f"chroot {chroot!r}: cannot open {where!r}: {exc.strerror}") from exc
 
 
-def _spawn(command: _Command, chroot_fd: int, relay: _Relay) -> tuple[int, int | None]:
+def _spawn(command: _Command, chroot_fd: int, relay: _Relay, *, pid_one: bool) -> tuple[int, int | None]:
     """Fork and exec the command: its pid, and 126/127 when exec failed (already reaped).
 
-    Raises ExecutionError when the chroot or working directory failed.
+    Raises ExecutionError when the chroot or working directory failed. Call it
+    inside :func:`_signals_on_fd`: the forwarded signals stay blocked across the
+    fork, so none lands in the child while it still runs our Python handler; the
+    child unblocks them after resetting the dispositions.
 
     A child that fails before exec reports ``stage errno`` through a close-on-exec
     pipe, so the parent learns exactly what failed; a clean exec closes the pipe.
     """
     read_fd, write_fd = os.pipe()
     dispositions = {int(s): relay.original(s) for s in FORWARDED_SIGNALS}
-    # Blocked across the fork so no forwarded signal lands in the child while it
-    # still runs our Python handler; the child unblocks after resetting them.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child never returns to Python code paths we measure
-            os.close(read_fd)
-            _exec_child(command, chroot_fd, write_fd, dispositions, old_mask)
-        relay.pid = pid
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns to Python code paths we measure
+        os.close(read_fd)
+        _exec_child(command, chroot_fd, write_fd, dispositions, relay.mask, pid_one=pid_one)
+    relay.pid = pid
     relay.attach(pid)
     os.close(write_fd)
     try:
@@ -278,14 +339,26 @@ def _spawn(command: _Command, chroot_fd: int, relay: _Relay) -> tuple[int, int |
             _write_all(2, f"mountplan: {name}: {problem}\n".encode())
         return pid, code
     where = command.chroot if stage == "chroot" else (command.cwd or "/")
-    raise ExecutionError(f"run {name!r}: cannot {stage} to {where!r}: {errno.errorcode.get(err, err)} ({reason})")
+    raise ExecutionError(
+        f"run {name!r}: cannot {stage} to {where!r}: {errno.errorcode.get(err, err)} ({reason})"
+    )
 
 
 def _exec_child(
-    command: _Command, chroot_fd: int, write_fd: int, dispositions: Mapping[int, _Handler], mask: Any
+    command: _Command,
+    chroot_fd: int,
+    write_fd: int,
+    dispositions: Mapping[int, _Handler],
+    mask: Any,
+    *,
+    pid_one: bool,
 ) -> None:
     stage = "setup"
     try:
+        if pid_one:
+            # The namespace dies with its pid 1 anyway; this also covers the
+            # moment before exec. Our parent is pid 1 of the namespace.
+            die_with_parent(lambda: os.getppid() == 1)
         for signum, handler in dispositions.items():
             signal.signal(signum, signal.SIG_IGN if handler == signal.SIG_IGN else signal.SIG_DFL)
         # Python ignores SIGPIPE and SIGXFSZ itself; the command must get the defaults.
@@ -337,6 +410,98 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+@functools.cache
+def _has_pidfd() -> bool:
+    """pidfd_open(2) works here (Linux 5.3)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _signals_on_fd(*, with_sigchld: bool = False) -> Iterator[Fd]:
+    """Block the forwarded signals (and SIGCHLD) in this thread and read them from a signalfd.
+
+    A Python handler cannot see ``si_code``, which is what tells the terminal's
+    ^C (already delivered to the whole process group) from a kill(2) that must be
+    forwarded. Children forked inside inherit the block: each restores the
+    caller's mask (:attr:`_Relay.mask`). On the way out the old mask comes back;
+    a signal still pending then goes to the Python handler.
+    """
+    wanted = [*FORWARDED_SIGNALS, *([signal.SIGCHLD] if with_sigchld else [])]
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        with signalfd(wanted) as fd:
+            yield fd
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _wait_forwarding(
+    pid: int,
+    relay: _Relay,
+    signals: Fd,
+    *,
+    reap_all: bool = False,
+    pidfd: Fd | None = None,
+    report_fd: int = -1,
+) -> tuple[int, bytes]:
+    """Wait for child ``pid``, forwarding signals to it: its wait status, and what came on ``report_fd``.
+
+    The child's exit is learnt from ``pidfd``, else from the end of ``report_fd``
+    (read until every writer closed it, so a report larger than a pipe cannot
+    block its writer), else from SIGCHLD on ``signals``. ``reap_all`` (pid 1)
+    reaps every child on each SIGCHLD, not only ``pid``.
+    """
+    status: int | None = None
+    report = bytearray()
+    poller = select.poll()
+    poller.register(signals.fileno(), select.POLLIN)
+    if pidfd is not None:
+        poller.register(pidfd.fileno(), select.POLLIN)
+    reading = report_fd >= 0
+    if reading:
+        poller.register(report_fd, select.POLLIN)
+    while status is None or reading:
+        if status is None and report_fd >= 0 and not reading:
+            _, status = os.waitpid(pid, 0)  # every writer is gone: it has exited or is exiting
+            break
+        for fd, _ in poller.poll():
+            if fd == report_fd:
+                chunk = os.read(report_fd, 1 << 16)
+                report += chunk
+                if not chunk:
+                    reading = False
+                    poller.unregister(report_fd)
+            elif pidfd is not None and fd == pidfd.fileno():
+                _, status = os.waitpid(pid, 0)
+                poller.unregister(fd)
+            else:
+                for info in read_signalfd(fd):
+                    if info.signo == signal.SIGCHLD:
+                        status = _reap(pid, reap_all, status)
+                    else:
+                        relay.forward(info)
+    return status, bytes(report)
+
+
+def _reap(pid: int, reap_all: bool, status: int | None) -> int | None:
+    """Reap what has exited (every child with ``reap_all``): ``pid``'s wait status once it is among them."""
+    while True:
+        try:
+            child, child_status = os.waitpid(-1 if reap_all else pid, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if child == 0:
+            return status
+        if child == pid:
+            status = child_status
+            if not reap_all:
+                return status
+
+
 def _kill_remaining() -> None:
     """Kill every other process in our pid namespace and reap it (we are its pid 1)."""
     with contextlib.suppress(ProcessLookupError):
@@ -359,21 +524,28 @@ def _run_unshared(
     The helper's report (the status, or the exception) comes back through a pipe;
     when it dies without one, its namespaces took every mount with them.
     """
+    parent = os.getpid()
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked helper
-        os.close(read_fd)
-        _unshared_helper(plan, roots, command, engine, relay, write_fd)
-    relay.attach(pid)
-    os.close(write_fd)
-    data = b""
-    try:
-        while chunk := os.read(read_fd, 1 << 16):
-            data += chunk
-    finally:
-        os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-        relay.pid = None
+    with _signals_on_fd() as signals:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked helper
+            os.close(read_fd)
+            signals.close()
+            _unshared_helper(plan, roots, command, engine, relay, write_fd, parent)
+        relay.pid = pid
+        relay.attach(pid)
+        os.close(write_fd)
+        try:
+            status, data = _wait_forwarding(pid, relay, signals, report_fd=read_fd)
+        except BaseException:
+            # Never leave the helper behind (it dies with this thread, not with this call).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            os.close(read_fd)
+            relay.pid = None
     if not data:
         raise ExecutionError(
             f"run {command.argv[0]!r}: the namespace helper died without a report (wait status {status:#x}); "
@@ -394,16 +566,38 @@ def _unshared_helper(
     engine: Engine,
     relay: _Relay,
     write_fd: int,
+    parent: int,
 ) -> None:
     code = 1
     try:
+        die_with_parent(lambda: os.getppid() == parent)
         relay.pid = None
-        _enter_namespaces()
-        pid = os.fork()
-        if pid == 0:  # pid 1 of the new pid namespace; the inherited handlers keep forwarding
-            _report(write_fd, lambda: _run_here(plan, roots, command, engine, relay, pid_one=True))
-        relay.attach(pid)
-        _, status = os.waitpid(pid, 0)
+        relay.received.clear()  # what reached the caller reaches us by its kill(2)
+        carry = _carried_fd(roots)
+        carried = _enter_namespaces(carry[1] if carry else None)
+        # A new user namespace changed our credentials: re-arm, and probe again
+        # (the caller's probe saw no CAP_SYS_ADMIN; here we have it).
+        die_with_parent(lambda: os.getppid() == parent)
+        detect.cache_clear()
+        if carry is not None and carried is not None:
+            roots = {**(roots or {}), **dict.fromkeys(carry[0], carried.fileno())}
+        with _signals_on_fd(with_sigchld=True) as signals:
+            # pid 1 of the new namespace reads getppid() == 0 whoever its parent is:
+            # it learns of our death from a pipe only we hold.
+            alive_read, alive_write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pid 1 of the new pid namespace
+                os.close(alive_write)
+                die_with_parent(lambda: is_pipe_open(alive_read))
+                os.close(alive_read)
+                signals.close()
+                relay.received.clear()
+                signal.pthread_sigmask(signal.SIG_SETMASK, relay.mask)
+                _report(write_fd, lambda: _run_here(plan, roots, command, engine, relay, pid_one=True))
+            os.close(alive_read)
+            relay.pid = pid
+            relay.attach(pid)
+            status, _ = _wait_forwarding(pid, relay, signals)
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code
     except BaseException:  # noqa: BLE001 - relayed to the caller
@@ -430,13 +624,51 @@ def _send(fd: int, payload: tuple[str, Any, str]) -> None:
     _write_all(fd, data)
 
 
-def _enter_namespaces() -> None:
-    """Fresh mount + pid namespaces; as root without the capability, via a user namespace."""
+def _enter_namespaces(carry_fd: int | None) -> Fd | None:
+    """Fresh mount + pid namespaces; as root without the capability, via a user namespace.
+
+    Returns ``carry_fd``'s directory as seen in the new mount namespace.
+    """
     if os.geteuid() == 0:
         try:
-            enter_private_namespaces(as_root=True)
-            return
+            return enter_private_namespaces(as_root=True, carry_fd=carry_fd)
         except KernelError as exc:
             if exc.errno != errno.EPERM:
                 raise
-    enter_private_namespaces(as_root=False)
+    return enter_private_namespaces(as_root=False, carry_fd=carry_fd)
+
+
+def _carried_fd(roots: Mapping[str, str | int] | None) -> tuple[tuple[str, ...], int] | None:
+    """The roots given as an fd (their names and the fd) that must be carried into the new namespace.
+
+    An fd names a mount of the caller's namespace, useless as a mount target in
+    another one. unshare(2) carries the working directory onto the new copy of
+    its mount, and that is one directory only: a second fd root is refused
+    rather than found again by its path.
+    """
+    fds: dict[int, list[str]] = {}
+    for name, where in (roots or {}).items():
+        if isinstance(where, int):
+            fds.setdefault(where, []).append(name)
+    if not fds:
+        return None
+    if len(fds) > 1:
+        names = ", ".join(sorted(n for group in fds.values() for n in group))
+        raise RootError(
+            f"roots {names}: --unshare can carry one directory fd into the new mount namespace, "
+            f"not {len(fds)}; give the others as paths"
+        )
+    ((fd, names_of_fd),) = fds.items()
+    return tuple(names_of_fd), fd
+
+
+def _require_kernel_for_unshare() -> None:
+    """Refuse before unsharing when the kernel (or a seccomp filter) lacks a syscall apply needs.
+
+    The caller's probe may see no CAP_SYS_ADMIN (fsopen's EPERM); the new user
+    namespace grants it, so only that cause is not a reason to refuse.
+    """
+    features = detect()
+    names = [n for n in REQUIRED if features.availability(n) is not Availability.NO_CAPABILITY]
+    if names:
+        features.require(*names)
