@@ -22,7 +22,7 @@ from mountplan._kernel.constants import Propagation as KernelPropagation
 from mountplan.livetable import LiveMount, LiveTable
 from mountplan.model import ATIME_ATTRS, MountKind, MountSpec, Plan, Propagation
 
-__all__ = ["Action", "Change", "ChangeSet", "FieldChange", "ForeignMount", "diff"]
+__all__ = ["Action", "Change", "ChangeSet", "FieldChange", "ForeignMount", "descendants", "diff", "mount_key", "subtree_fields"]
 
 FORMAT_VERSION = 1
 
@@ -298,6 +298,10 @@ def diff(
             )
             continue
         action, fields = compare(spec, ours)
+        if action is not Action.REPLACE:
+            below = subtree_fields(spec, live, ours)
+            if below:
+                action, fields = Action.UPDATE, fields + below
         if action is Action.REPLACE:
             reason = ", ".join(f.field for f in fields) + " forces replacement"
             changes.append(Change(spec.name, spec.root, spec.target, action, fields, reason, mnt_id=entry[0]))
@@ -318,6 +322,24 @@ def diff(
     return ChangeSet(plan.name, tuple(changes), tuple(foreign), tuple(kept))
 
 
+def subtree_fields(spec: MountSpec, live: LiveTable, ours: LiveMount) -> tuple[FieldChange, ...]:
+    """A recursive bind's attributes hold for every submount (documented): each one lacking them is drift.
+
+    Shown as ``attrs.beneath:<mount point>``; apply fixes the tree with AT_RECURSIVE.
+    """
+    if spec.bind is None or not spec.bind.recursive:
+        return ()
+    want = MountAttr(int(spec.kernel_attrs) & ~MOUNT_ATTR_ATIME_MASK)
+    if not want:
+        return ()
+    out = []
+    for m in sorted(descendants(live, ours), key=lambda m: m.mount_point):
+        if int(want) & ~int(m.attrs):
+            have = MountAttr(int(m.attrs) & int(_PLANNED_BITS))
+            out.append(FieldChange(f"attrs.beneath:{m.mount_point}", _attr_text(want), _attr_text(have)))
+    return tuple(out)
+
+
 def _cascade(changes: list[Change]) -> list[Change]:
     """A mount (re)created over planned mounts that exist beneath it replaces them too, after it.
 
@@ -335,8 +357,28 @@ def _cascade(changes: list[Change]) -> list[Change]:
     return out
 
 
-def _key(m: LiveMount) -> int:
+def descendants(table: LiveTable, mount: LiveMount) -> list[LiveMount]:
+    """Every mount attached (directly or not) beneath ``mount``, from the real parent links."""
+    key = mount_key(mount)
+    children: dict[int, list[LiveMount]] = {}
+    for m in table:
+        parent = table.parent(m)
+        if parent is not None and parent is not m:
+            children.setdefault(mount_key(parent), []).append(m)
+    out: list[LiveMount] = []
+    todo = list(children.get(key, ()))
+    while todo:
+        m = todo.pop()
+        out.append(m)
+        todo.extend(children.get(mount_key(m), ()))
+    return out
+
+
+def mount_key(m: LiveMount) -> int:
+    """A mount's id in the table's own id space (unique where the table has them)."""
     return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
+
+
 
 
 def _foreign_beneath(
@@ -354,9 +396,9 @@ def _foreign_beneath(
     for name in sorted({m.root for m in plan.mounts}):
         path = root_paths[name].rstrip("/") or "/"
         for m in live.beneath(path):
-            if m.mount_point == path or _key(m) in ours or m.mount_point in seen or _key(m) in reported:
+            if m.mount_point == path or mount_key(m) in ours or m.mount_point in seen or mount_key(m) in reported:
                 continue
-            reported.add(_key(m))
+            reported.add(mount_key(m))
             out.append(ForeignMount(m.mount_point, m.fs_type, m.source, f"root {name}"))
     return out
 

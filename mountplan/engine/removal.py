@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from mountplan._kernel import Fd, Resolve
+from mountplan.changes import descendants, mount_key
 from mountplan.errors import BusyError, ExecutionError, KernelError
 from mountplan.livetable import read_live_table
 
 from .context import Context
 from .roots import O_PATH_DIR, RootHandle, resolve_parent
-from .unmount import ForeignMountError, descendants, describe, find_mount, is_ours_at, unmount_owned
+from .unmount import ForeignMountError, describe, find_mount, is_ours_at, unmount_owned
 
 
 class Outcome(enum.Enum):
@@ -89,7 +90,7 @@ def _remove_root_bind(ctx: Context, root: RootHandle, mnt_id: int, unique: bool,
     ours = find_mount(table, mnt_id, unique)
     if ours is None or (not unique and ours.mount_point != root.identity.path):
         return Outcome.GONE
-    foreign = [m for m in descendants(table, ours) if (m.mnt_id if m.mnt_id is not None else m.mnt_id_old) not in submounts]
+    foreign = [m for m in descendants(table, ours) if mount_key(m) not in submounts]
     if foreign:
         raise BusyError(
             f"cannot remove the private bind of root {root.name!r}: mounts mountplan did not make are beneath it: "

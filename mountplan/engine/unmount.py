@@ -16,6 +16,7 @@ import errno
 from collections.abc import Iterable
 
 from mountplan._kernel import AtFlag, Fd, MountIds, UmountFlag
+from mountplan.changes import descendants, mount_key
 from mountplan.errors import BusyError, ExecutionError, KernelError
 from mountplan.livetable import LiveMount, LiveTable, read_live_table
 
@@ -58,29 +59,8 @@ def find_mount(table: LiveTable, mnt_id: int, unique: bool) -> LiveMount | None:
     return table.by_old_id(mnt_id)
 
 
-def descendants(table: LiveTable, mount: LiveMount) -> list[LiveMount]:
-    """Every mount attached (directly or not) beneath ``mount``, from the real parent links."""
-    key = _key(mount)
-    children: dict[int, list[LiveMount]] = {}
-    for m in table:
-        parent = table.parent(m)
-        if parent is not None and parent is not m:
-            children.setdefault(_key(parent), []).append(m)
-    out: list[LiveMount] = []
-    todo = list(children.get(key, ()))
-    while todo:
-        m = todo.pop()
-        out.append(m)
-        todo.extend(children.get(_key(m), ()))
-    return out
-
-
-def _key(m: LiveMount) -> int:
-    return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
-
-
 def describe(m: LiveMount) -> str:
-    return f"{m.mount_point} ({m.fs_type} {m.source or '-'}, id {_key(m)})"
+    return f"{m.mount_point} ({m.fs_type} {m.source or '-'}, id {mount_key(m)})"
 
 
 def unmount_owned(
@@ -133,8 +113,8 @@ def _unmount_busy(
     below = descendants(table, ours) if ours is not None else []
     # A recursive bind's clones are ours; anything else beneath is not, and
     # detaching ours would take it away with it.
-    foreign = [m for m in below if not (recursive and _key(m) in submounts)]
-    ids = {mnt_id} | {_key(m) for m in below}
+    foreign = [m for m in below if not (recursive and mount_key(m) in submounts)]
+    ids = {mnt_id} | {mount_key(m) for m in below}
     holders = [h for i in sorted(ids) for h in find_holders(i, point if i == mnt_id else None)]
     if foreign:
         raise BusyError(

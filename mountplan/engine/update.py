@@ -11,7 +11,7 @@ from typing import Any
 
 from mountplan._kernel import FspickFlag, MountAttr
 from mountplan._kernel import Propagation as KernelPropagation
-from mountplan.changes import Change, compare
+from mountplan.changes import Change, compare, subtree_fields
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Attr, MountKind, MountSpec
@@ -47,8 +47,10 @@ def update_in_place(ctx: Context, tx: Transaction, spec: MountSpec, root: RootHa
                 clear = MountAttr(int(SETTABLE) & ~int(want))
             elif Attr.RELATIME in spec.attrs:
                 clear = MountAttr.NOATIME | MountAttr.STRICTATIME
+            # A recursive bind's attributes cover its whole tree (AT_RECURSIVE).
+            recursive = spec.bind is not None and spec.bind.recursive
             set_attrs(ctx, target.fileno(), want, clear, propagation=spec.propagation.kernel_value,
-                      shown=f"{root.name}:{spec.target}")
+                      recursive=recursive, shown=f"{root.name}:{spec.target}")
         if "options" in fields or "superblock" in fields:
             options = [(opt.key, opt.value) for opt in spec.options] if "options" in fields else []
             if "superblock" in fields:
@@ -62,10 +64,12 @@ def update_in_place(ctx: Context, tx: Transaction, spec: MountSpec, root: RootHa
 def _check_took(spec: MountSpec, change: Change, unique: bool) -> None:
     """Read the mount back: an update the kernel silently ignored is an error, never a success."""
     assert change.mnt_id is not None
-    live = find_mount(read_live_table(), change.mnt_id, unique)
+    table = read_live_table()
+    live = find_mount(table, change.mnt_id, unique)
     if live is None:
         raise ExecutionError(f"mount {spec.name!r} vanished during its update", step=f"{spec.name}:update")
     _, left = compare(spec, live)
+    left += subtree_fields(spec, table, live)
     if left:
         raise ExecutionError(
             f"update of {spec.name!r} did not take: "

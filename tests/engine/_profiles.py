@@ -24,3 +24,7 @@ needs_unique_ids = pytest.mark.skipif(
     _PROFILE is not None and not _PROFILE.has_unique_mount_ids,
     reason="needs unique mount ids (Linux 6.8+): a 32-bit id elsewhere proves nothing",
 )
+needs_mount_setattr = pytest.mark.skipif(
+    _PROFILE is not None and _PROFILE.takes_away(("mount_setattr",)),
+    reason="attributes on a recursive bind's submounts need mount_setattr (Linux 5.12)",
+)

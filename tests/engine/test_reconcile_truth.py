@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from _plans import tmpfs
-from _profiles import needs_engine
+from _profiles import needs_engine, needs_mount_setattr
 
 from mountplan.changes import Action
 from mountplan.engine import Engine
 from mountplan.livetable import LiveMount, read_live_table
-from mountplan.model import BindSource, MountSpec, Option, Plan, RootSpec, SourceRef
+from mountplan._kernel.constants import MountAttr
+from mountplan.model import Attr, BindSource, MountSpec, Option, Plan, RootSpec, SourceRef
 
 pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
 
@@ -197,3 +198,26 @@ def test_recover_finishes_a_destroy_that_stopped_at_ebusy(tmp_path: Path, root_d
     result = engine.recover()
     assert result.leftovers == () and any("'a'" in u for u in result.undone)
     assert read_live_table().beneath(root_dir) == []
+
+
+@needs_mount_setattr
+def test_recursive_bind_attributes_are_checked_and_fixed_on_every_submount(tmp_path: Path, root_dir: str) -> None:
+    """`attrs: [ro]` on a recursive bind: a submount remounted rw by hand is drift, and apply fixes it.
+
+    On main: plan said "No changes" with a submount rw, and apply fixed the top mount only.
+    """
+    host = tmp_path / "host"
+    (host / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "hostsub", str(host / "sub")], check=True)
+    plan = _plan(MountSpec("rb", "r", "rb", bind=BindSource(SourceRef(str(host)), True), attrs=frozenset({Attr.RO})))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    sub = f"{root_dir}/rb/sub"
+    assert _top(sub).attrs & MountAttr.RDONLY
+    subprocess.run(["mount", "-o", "remount,bind,rw", sub], check=True)
+    assert not _top(sub).attrs & MountAttr.RDONLY
+    (change,) = engine.plan(plan, {"r": root_dir}).changes
+    assert change.action is Action.UPDATE and [f.field for f in change.fields] == [f"attrs.beneath:{sub}"]
+    assert engine.apply(plan, {"r": root_dir}).updated == ("rb",)
+    assert _top(sub).attrs & MountAttr.RDONLY
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
