@@ -14,10 +14,10 @@ import pytest
 from _plans import tmpfs
 from _profiles import needs_engine, needs_mount_setattr
 
+from mountplan._kernel.constants import MountAttr
 from mountplan.changes import Action
 from mountplan.engine import Engine
 from mountplan.livetable import LiveMount, read_live_table
-from mountplan._kernel.constants import MountAttr
 from mountplan.model import Attr, BindSource, MountSpec, Option, Plan, RootSpec, SourceRef
 
 pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
