@@ -109,6 +109,8 @@ class ChangeSet:
     #: Mounts mountplan made that the plan no longer lists, when not pruning:
     #: apply leaves them alone (``apply --prune`` makes them DELETE changes).
     kept: tuple[Change, ...] = ()
+    #: What the kernel refuses among the mounts apply would make (asked by ``plan``, changing nothing).
+    problems: tuple[str, ...] = ()
 
     def counts(self) -> tuple[int, int, int]:
         add = sum(c.action in {Action.CREATE, Action.REPLACE} for c in self.changes)
@@ -136,7 +138,10 @@ class ChangeSet:
         if not self.has_changes:
             return "No changes. The live mount table matches the plan."
         add, change, destroy = self.counts()
-        return f"Plan: {add} to add, {change} to change, {destroy} to destroy."
+        text = f"Plan: {add} to add, {change} to change, {destroy} to destroy."
+        if self.problems:
+            text += f" Apply would fail: the kernel refuses {len(self.problems)} of these mounts."
+        return text
 
     def to_json(self) -> dict[str, Any]:
         add, change, destroy = self.counts()
@@ -146,6 +151,7 @@ class ChangeSet:
             "changes": [c.to_json() for c in self.changes],
             "foreign": [f.to_json() for f in self.foreign],
             "kept": [c.to_json() for c in self.kept],
+            "problems": list(self.problems),
             "summary": {"add": add, "change": change, "destroy": destroy},
         }
 
@@ -417,6 +423,8 @@ def render(changes: ChangeSet) -> str:
             lines.append(f"      {field_change.field}: {field_change.live} -> {field_change.planned}")
     for c in changes.kept:
         lines.append(f"    {c.mount}  ({c.root}:{c.target})  # no longer in the plan; kept (apply --prune removes it)")
+    for problem in changes.problems:
+        lines.append(f"  ! the kernel refuses {problem}")
     for other in changes.foreign:
         lines.append(f"  ! foreign mount at {other.mount_point} ({other.fs_type} {other.source}) near {other.near!r}: left alone")
     lines.append("")

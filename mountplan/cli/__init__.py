@@ -9,7 +9,8 @@ Exit codes (stable, documented in docs/cli.md):
   1  unexpected internal error
   2  invalid plan, plan file or saved plan, or command-line usage
   3  a root is missing or unusable
-  4  a step failed (kernel error); rollback result is in the message
+  4  a step failed (kernel error); rollback result is in the message; ``plan``: the
+     kernel refuses a mount apply would make (asked without changing anything)
   5  the kernel lacks a required syscall
   6  the state lock is held by another mountplan
   7  the state directory or a file in it is unusable
@@ -40,6 +41,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_CHANGES = 10
+#: ``plan``: the kernel refuses a mount apply would make (the same code a failed apply gets).
+EXIT_KERNEL_REFUSES = 4
 
 
 def _roots(args: argparse.Namespace) -> dict[str, str | int]:
@@ -170,6 +173,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise UsageError(f"plan -o {args.out}: cannot write the saved plan: {exc.strerror or exc}") from None
         if not args.json:
             out(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n    mountplan apply {args.out}\n")
+    if changes.problems:
+        return EXIT_KERNEL_REFUSES  # apply would fail: say so now, not half-way through
     return EXIT_CHANGES if args.detailed_exitcode and changes.has_changes else EXIT_OK
 
 

@@ -10,6 +10,7 @@ unmount (proof of ownership), destroy, and recovery (rollback and journals).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -41,6 +42,7 @@ from .context import Context
 from .destroy import DestroyResult, destroy_locked, remove_managed
 from .fingerprint import compiled_for, fingerprint
 from .privateroot import PREFIX, is_root_bind, make_roots_private
+from .preflight import kernel_problems
 from .recovery import is_unfinished_destroy, recover_store, rollback
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
@@ -285,7 +287,9 @@ class Engine:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            return self._diff(plan, rootset, self._load_or_new(store, plan, rootset), prune=prune, live=read_live_table())
+            changes = self._diff(plan, rootset, self._load_or_new(store, plan, rootset), prune=prune, live=read_live_table())
+            problems = kernel_problems(self.ctx, plan, changes, rootset)
+            return dataclasses.replace(changes, problems=problems) if problems else changes
 
     def save_plan(
         self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False

@@ -221,3 +221,25 @@ def test_recursive_bind_attributes_are_checked_and_fixed_on_every_submount(tmp_p
     assert engine.apply(plan, {"r": root_dir}).updated == ("rb",)
     assert _top(sub).attrs & MountAttr.RDONLY
     assert not engine.plan(plan, {"r": root_dir}).has_changes
+
+
+def test_plan_asks_the_kernel_without_changing_anything(tmp_path: Path, root_dir: str) -> None:
+    """`size: 12Q` and a bind of a missing path: plan names both with the kernel's words; nothing mounted.
+
+    On main: both showed "Plan: 2 to add" and apply failed later.
+    """
+    from mountplan.testing import mount_table_snapshot
+
+    plan = _plan(
+        tmpfs("bad", "bad", Option("size", "12Q")),
+        MountSpec("gone", "r", "gone", bind=BindSource(SourceRef(str(tmp_path / "nonexistent")), False)),
+        tmpfs("good", "good", Option("size", "1M")),
+    )
+    before = mount_table_snapshot()
+    changes = Engine(state_dir=str(tmp_path / "s")).plan(plan, {"r": root_dir})
+    assert len(changes.problems) == 2
+    bad, gone = changes.problems
+    assert bad.startswith("bad (r:bad): ") and "size" in bad and "EINVAL" in bad
+    assert gone.startswith("gone (r:gone): ") and "No such file" in gone
+    assert "Apply would fail" in changes.summary()
+    assert mount_table_snapshot() == before and os.listdir(root_dir) == []

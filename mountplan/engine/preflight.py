@@ -1,0 +1,84 @@
+"""Ask the kernel, without changing anything, whether apply's new mounts would be accepted.
+
+For every filesystem mount apply would create or replace, a filesystem context is
+opened and each planned option set on it (``fsopen`` + ``fsconfig``, never
+``FSCONFIG_CMD_CREATE``, nothing mounted): the kernel's own verdict and message,
+as ``tmpfs: Bad value for 'size'``. Every bind source must exist (a root-relative
+one beneath its root, without symlinks). ``validate`` stays offline; this is
+what ``plan`` adds.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from mountplan.changes import Action, ChangeSet
+from mountplan.errors import KernelError
+from mountplan.model import OVERLAY_PATH_KEYS, MountSpec, Plan
+
+from .context import Context
+from .roots import O_PATH_ANY, RootSet, resolve
+
+_NEW = {Action.CREATE, Action.REPLACE}
+
+
+def kernel_problems(ctx: Context, plan: Plan, changes: ChangeSet, rootset: RootSet) -> tuple[str, ...]:
+    """What the kernel would refuse among the mounts apply would make ('' reasons never)."""
+    specs = {m.name: m for m in plan.mounts}
+    problems: list[str] = []
+    for change in changes.changes:
+        spec = specs.get(change.mount)
+        if spec is None or change.action not in _NEW:
+            continue
+        problem = _bind_problem(ctx, spec, rootset) if spec.bind is not None else _fs_problem(ctx, spec)
+        if problem:
+            problems.append(f"{spec.name} ({spec.root}:{spec.target}): {problem}")
+    return tuple(problems)
+
+
+def _fs_problem(ctx: Context, spec: MountSpec) -> str:
+    k = ctx.backend
+    assert spec.fs_type is not None
+    try:
+        fs = k.fsopen(spec.fs_type)
+    except KernelError as exc:
+        if exc.errno == errno.EPERM:
+            return ""  # no CAP_SYS_ADMIN here (plan without --unshare): nothing to learn, apply says so
+        return str(exc)
+    try:
+        for opt in spec.options:
+            if spec.fs_type == "overlay" and opt.key in OVERLAY_PATH_KEYS:
+                continue  # layers are pinned beneath the root at apply time
+            if opt.value is None:
+                k.fsconfig_set_flag(fs.fileno(), opt.key)
+            else:
+                k.fsconfig_set_string(fs.fileno(), opt.key, opt.value)
+        if spec.source is not None:
+            k.fsconfig_set_string(fs.fileno(), "source", spec.source)
+    except KernelError as exc:
+        return str(exc)
+    finally:
+        fs.close()
+    return ""
+
+
+def _bind_problem(ctx: Context, spec: MountSpec, rootset: RootSet) -> str:
+    assert spec.bind is not None
+    ref = spec.bind.source
+    if ref.root is None:
+        try:
+            os.stat(ref.path)
+        except OSError as exc:
+            return f"bind source {ref.path!r}: {exc.strerror}"
+        return ""
+    root = rootset.get(ref.root)
+    if root is None:
+        return f"bind source root {ref.root!r} is not given"
+    try:
+        resolve(ctx.backend, root, ref.path, O_PATH_ANY).close()
+    except KernelError as exc:
+        if exc.errno == errno.ENOENT:
+            return ""  # may be made by an earlier mount of this apply (a path inside a planned tmpfs)
+        return f"bind source {ref.render()}: {exc}"
+    return ""
