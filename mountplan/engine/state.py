@@ -24,16 +24,11 @@ from elsewhere is refused (:class:`ForeignStateError`), never acted on.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import re
-import secrets
-import stat
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -41,6 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mountplan.errors import LockError, StateError
+
+from .journal import JournalContents, MalformedLine, all_uints, journal_line, parse_journal, valid_submounts
+from .scope import ForeignStateError, Scope, current_scope, refuse_foreign
+from .statefs import (
+    default_state_dir,
+    file_error,
+    open_in_dir,
+    open_state_dir,
+    read_all,
+    write_atomic,
+)
 
 __all__ = [
     "FORMAT", "ForeignStateError", "InstanceInfo", "JournalContents", "MalformedLine", "ManagedMount",
@@ -50,393 +56,6 @@ __all__ = [
 
 #: 2: the file carries the boot and mount namespace it was written in.
 FORMAT = 2
-
-#: A state file or journal larger than this is not one of ours.
-MAX_FILE_BYTES = 256 * 1024 * 1024
-
-#: ``NS_GET_MNTNS_ID`` = _IOR(0xb7, 5, __u64): a 64-bit mount namespace id never reused within a boot (6.8+).
-_NS_GET_MNTNS_ID = 0x8008B705
-
-
-class ForeignStateError(StateError):
-    """A state file or journal was written in another boot or mount namespace."""
-
-
-def _error(op: str, path: str, exc: OSError) -> StateError:
-    """One wording for every failed file operation: what, where, and the errno."""
-    code = exc.errno or 0
-    return StateError(f"cannot {op} {path}: {os.strerror(code)} ({errno.errorcode.get(code, code)})")
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-# ---------------------------------------------------------------------- scope
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """The boot and mount namespace a state file or journal belongs to."""
-
-    boot_id: str
-    mntns: int  # st_ino of /proc/thread-self/ns/mnt (reused once a namespace dies)
-    mntns_id: int | None = None  # NS_GET_MNTNS_ID, never reused within a boot; None before 6.8
-
-    def to_json(self) -> dict[str, Any]:
-        return {"boot_id": self.boot_id, "mntns": self.mntns, "mntns_id": self.mntns_id}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Scope | None:
-        """The scope recorded in ``data``, or None when it has none (or a malformed one)."""
-        boot, ino, uid = data.get("boot_id"), data.get("mntns"), data.get("mntns_id")
-        if type(boot) is not str or type(ino) is not int or not (uid is None or type(uid) is int):
-            return None
-        return cls(boot, ino, uid)
-
-    def mismatch(self, now: Scope) -> str | None:
-        """Why a file of this scope must not be acted on ``now``, or None when it may."""
-        if self.boot_id != now.boot_id:
-            return f"was written in another boot (boot id {self.boot_id}, this boot is {now.boot_id})"
-        if self.mntns != now.mntns or (None not in (self.mntns_id, now.mntns_id) and self.mntns_id != now.mntns_id):
-            return (f"was written in another mount namespace (mnt:[{self.mntns}] id {self.mntns_id}, "
-                    f"this process is in mnt:[{now.mntns}] id {now.mntns_id})")
-        return None
-
-
-@functools.cache
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError as exc:
-        raise _error("read", "/proc/sys/kernel/random/boot_id", exc) from None
-
-
-def current_scope() -> Scope:
-    """This boot and this thread's mount namespace (read every time: ``run --unshare`` changes it)."""
-    path = "/proc/thread-self/ns/mnt"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _error("open", path, exc) from None
-    try:
-        ino = os.fstat(fd).st_ino
-        buf = bytearray(8)
-        try:
-            fcntl.ioctl(fd, _NS_GET_MNTNS_ID, buf)
-            ns_id: int | None = struct.unpack("<Q", buf)[0]
-        except OSError:  # ENOTTY before 6.8: the inode number alone names the namespace
-            ns_id = None
-    finally:
-        os.close(fd)
-    return Scope(_boot_id(), ino, ns_id)
-
-
-def _refuse(path: str, what: str, scope: Scope | None) -> None:
-    """Raise ForeignStateError unless ``scope`` is this boot and mount namespace."""
-    why = "carries no boot and mount namespace id" if scope is None else scope.mismatch(current_scope())
-    if why is not None:
-        raise ForeignStateError(
-            f"{what} {path} {why}; refusing to act on it: the mount ids it records name nothing here. "
-            "Use it from the namespace that wrote it, or remove it once its mounts are gone"
-        )
-
-
-# ---------------------------------------------------------------------- journal lines
-
-#: One encoder for journal lines: json.dumps with options builds a new one per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-_quote = json.encoder.encode_basestring_ascii
-
-
-def journal_line(seq: int, entry: dict[str, Any]) -> str:
-    """One compact JSON object per line, ``seq`` first.
-
-    Journal entries are flat (names, paths, ids, flags), written a few times per
-    mount: formatting the scalars directly costs half of JSONEncoder.encode.
-    """
-    parts = [f'{{"seq":{seq}']
-    for key, value in entry.items():
-        kind = type(value)
-        if kind is str:
-            text = _quote(value)
-        elif kind is bool:
-            text = "true" if value else "false"
-        elif kind is int:
-            text = str(value)
-        else:
-            text = _COMPACT.encode(value)
-        parts.append(f"{_quote(key)}:{text}")
-    return ",".join(parts) + "}\n"
-
-
-def _ints(*values: Any) -> bool:
-    return all(type(v) is int and v >= 0 for v in values)
-
-
-def _is_root(v: Any) -> bool:
-    return isinstance(v, dict) and type(v.get("path")) is str and _ints(v.get("dev"), v.get("ino"))
-
-
-def _is_restore(v: Any) -> bool:
-    return (isinstance(v, dict) and _ints(v.get("attrs"), v.get("clear")) and type(v.get("propagation")) is str
-            and isinstance(v.get("options"), dict)
-            and all(type(x) is str or x is None for x in v["options"].values()))
-
-
-def _optional(e: dict[str, Any], key: str, kind: type) -> bool:
-    return key not in e or type(e[key]) is kind
-
-
-def _submounts(e: dict[str, Any]) -> bool:
-    return "submounts" not in e or isinstance(e["submounts"], list) and _ints(*e["submounts"])
-
-
-def _entry_problem(e: Any) -> str | None:
-    """Why a decoded journal line is not an entry the engine can act on, or None.
-
-    The fields and types are the ones executor.py writes; recovery trusts them.
-    """
-    if not isinstance(e, dict):
-        return "not a JSON object"
-    op = e.get("op")
-    if not _ints(e.get("seq")) or type(op) is not str:
-        return "'seq' is not a non-negative integer or 'op' is not a string"
-    if op == "begin":
-        roots = e.get("roots")
-        ok = isinstance(roots, dict) and all(type(k) is str and _is_root(v) for k, v in roots.items())
-        return None if ok and _optional(e, "plan", str) and _optional(e, "recover", bool) else "malformed header"
-    if op in ("mount", "mkdir", "mkfile", "update"):
-        if not (type(e.get("root")) is str and type(e.get("path")) is str and _optional(e, "mount", str)
-                and _optional(e, "recursive", bool) and _optional(e, "unique", bool) and _submounts(e)
-                and (_ints(e["mnt_id"]) if "mnt_id" in e else op in ("mkdir", "mkfile"))):
-            return f"malformed {op!r} entry (root, path, mount, mnt_id, unique, recursive, submounts)"
-        return None if op != "update" or _is_restore(e.get("restore")) else "malformed 'restore' of an update"
-    if op == "created":
-        return None if _ints(e.get("ref"), e.get("dev"), e.get("ino")) else "malformed 'created' entry"
-    if op in ("undone", "attached"):
-        return None if _ints(e.get("ref")) and _submounts(e) else f"malformed {op!r} entry"
-    return None  # an op this version does not know: passed on, the engine decides (seq and op are sound)
-
-
-@dataclass(frozen=True, slots=True)
-class MalformedLine:
-    """A journal line that is not a usable entry: its 1-based number, its start, and why."""
-
-    line: int
-    text: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournalContents:
-    """What a journal holds: its usable entries, its malformed lines, and whether the last line was torn.
-
-    A torn last line (no newline, not JSON) is what a process killed mid-write
-    leaves: normal, not malformed.
-    """
-
-    entries: tuple[dict[str, Any], ...]
-    malformed: tuple[MalformedLine, ...]
-    torn: bool
-
-
-def parse_journal(raw: bytes) -> JournalContents:
-    """Split a journal into usable entries and malformed lines; never raises on content."""
-    lines = raw.split(b"\n")
-    entries: list[dict[str, Any]] = []
-    malformed: list[MalformedLine] = []
-    torn = False
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            if number == len(lines):  # no newline after it: the write was cut short
-                torn = True
-                continue
-            why: str | None = f"not JSON ({str(exc)[:80]})"
-        else:
-            why = _entry_problem(entry)
-        if why is None:
-            entries.append(entry)
-        else:
-            malformed.append(MalformedLine(number, line[:120].decode("utf-8", "replace"), why))
-    return JournalContents(tuple(entries), tuple(malformed), torn)
-
-
-# ---------------------------------------------------------------------- directory and files
-
-
-def default_state_dir() -> str:
-    """``/run/mountplan`` for root, else ``$XDG_RUNTIME_DIR/mountplan``; never a shared /tmp path.
-
-    A fixed name in /tmp could be pre-created by another user, who would then
-    own our lock, state and journal.
-    """
-    if os.geteuid() == 0:
-        return "/run/mountplan"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime):
-        return os.path.join(runtime, "mountplan")
-    raise StateError("no state directory: XDG_RUNTIME_DIR is not set; pass --state-dir DIR (a directory you own, "
-                     "on tmpfs) or set XDG_RUNTIME_DIR")
-
-
-def _hint() -> str:
-    return "pass --state-dir DIR (a directory you own)" + ("" if os.geteuid() == 0 else " or set XDG_RUNTIME_DIR")
-
-
-def open_state_dir(path: str, *, create: bool = True) -> int:
-    """Open (creating the last component, mode 0700) and vet the state directory; return its fd.
-
-    Refused unless owned by the caller and not group/other-writable: anyone who
-    can write it can plant a journal that makes us unmount or delete things.
-    """
-    parent, name = os.path.split(path.rstrip("/")) if path.rstrip("/") else ("/", ".")
-    try:
-        pfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StateError(f"{_error('open the parent of state directory', path, exc)}; {_hint()}") from None
-    try:
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(name, flags, dir_fd=pfd)
-        except FileNotFoundError:
-            if not create:
-                raise
-            with contextlib.suppress(FileExistsError):  # lost a race with another mountplan: vetted below
-                os.mkdir(name, 0o700, dir_fd=pfd)
-            fd = os.open(name, flags, dir_fd=pfd)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT and not create:
-            raise
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise StateError(f"state directory {path} is a symlink or not a directory; {_hint()}") from None
-        raise StateError(f"{_error('open state directory', path, exc)}; {_hint()}") from None
-    finally:
-        os.close(pfd)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        os.close(fd)
-        raise StateError(
-            f"state directory {path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
-            f"it must be owned by uid {os.geteuid()} and writable by nobody else, or another user could "
-            f"plant the files mountplan acts on; fix its owner and mode or {_hint()}"
-        )
-    return fd
-
-
-def _open_file(dir_fd: int, name: str, flags: int, shown: str) -> int:
-    """Open a file of the state directory; refuse anything but a regular file we own.
-
-    O_NOFOLLOW: a planted symlink is not followed to a victim's file; O_NONBLOCK:
-    a FIFO in its place does not hang the open.
-    """
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise
-        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.ETXTBSY):
-            with contextlib.suppress(OSError):
-                kind = _kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-                raise StateError(f"{shown} is {kind}, not a regular file; refusing to use it") from None
-        raise _error("open", shown, exc) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-        os.close(fd)
-        what = f"is {_kind(st.st_mode)}, not a regular file" if not stat.S_ISREG(st.st_mode) else \
-            f"is owned by uid {st.st_uid}, not {os.geteuid()}"
-        raise StateError(f"{shown} {what}; refusing to use it")
-    return fd
-
-
-def _read_all(fd: int, shown: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise StateError(f"{shown} is larger than {MAX_FILE_BYTES} bytes; not one of mountplan's files")
-    except OSError as exc:
-        raise _error("read", shown, exc) from None
-    return b"".join(chunks)
-
-
-def write_atomic(path: str, data: bytes, mode: int, *, dir_fd: int | None = None, durable: bool = True) -> None:
-    """Replace ``path`` (relative to ``dir_fd`` if given) with ``data``: temp file, rename.
-
-    A reader (or a killed writer) sees the old file or the new one, never a part.
-    Only a regular file is ever replaced (``plan -o /dev/full`` must not swap out
-    the device). Every failure is a StateError and leaves no temporary file.
-    ``durable`` adds two fsyncs that matter only on a disk: the file's, so a
-    power loss after the rename cannot leave an empty file under the new name
-    (ext4/xfs delayed allocation), and the directory's, so the rename itself
-    survives. Saved plans need them; the state, on tmpfs and refused after a
-    reboot anyway (its boot id), does not.
-    """
-    name = os.path.basename(path)
-    own = dir_fd is None
-    if own:
-        try:
-            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _error("open the directory of", path, exc) from None
-    assert dir_fd is not None
-    try:
-        if name in ("", ".", ".."):
-            raise StateError(f"refusing to replace {path}: it is a directory")
-        try:
-            st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise _error("stat", path, exc) from None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise StateError(f"refusing to replace {path}: it is {_kind(st.st_mode)}; only a regular file is replaced")
-        # Random, hidden, O_EXCL|O_NOFOLLOW: a planted name cannot redirect the write.
-        tmp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _error("create a temporary file beside", path, exc) from None
-        op = "write"
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if durable:
-                    op = "fsync"
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            op = "rename a temporary file onto"
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            if isinstance(exc, OSError):
-                raise _error(op, path, exc) from None
-            raise
-        if durable:
-            try:
-                os.fsync(dir_fd)
-            except OSError as exc:
-                raise _error("fsync the directory of", path, exc) from None
-    finally:
-        if own:
-            os.close(dir_fd)
 
 
 def instance_key(plan_name: str, roots: dict[str, dict[str, Any]], mntns: int | None = None) -> str:
@@ -488,7 +107,7 @@ class ManagedMount:
         for key in ("name", "root", "target"):
             if type(data[key]) is not str:
                 raise TypeError(f"{key!r} is not a string")
-        if not _ints(data["mnt_id"]) or not _submounts(data):
+        if not all_uints(data["mnt_id"]) or not valid_submounts(data):
             raise TypeError(f"'mnt_id' or 'submounts' of {data['name']!r} is not a (list of) integer(s)")
         return cls(
             name=data["name"], root=data["root"], target=data["target"], mnt_id=data["mnt_id"],
@@ -501,7 +120,7 @@ class ManagedMount:
 def _proof(value: Any) -> list[int | None] | None:
     if value is None:
         return None
-    if (not isinstance(value, list) or len(value) != 4 or not _ints(*value[:3])
+    if (not isinstance(value, list) or len(value) != 4 or not all_uints(*value[:3])
             or not (value[3] is None or type(value[3]) is int)):
         raise TypeError("'proof' is not [major, minor, ino, btime]")
     return list(value)
@@ -562,7 +181,7 @@ class StateStore:
     def _open(self, path: str, flags: int) -> int:
         """Open one of this instance's files; FileNotFoundError (also for a missing directory) when absent."""
         with self._dir(create=bool(flags & os.O_CREAT)) as dfd:
-            return _open_file(dfd, os.path.basename(path), flags, path)
+            return open_in_dir(dfd, os.path.basename(path), flags, path)
 
     @staticmethod
     def scan(state_dir: str) -> list[InstanceInfo]:
@@ -647,7 +266,7 @@ class StateStore:
         except FileNotFoundError:
             return None
         try:
-            raw = _read_all(fd, self.state_path)
+            raw = read_all(fd, self.state_path)
         finally:
             os.close(fd)
         try:
@@ -657,7 +276,7 @@ class StateStore:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
             raise StateError(f"state file {self.state_path} has format {found!r}; this mountplan reads {FORMAT}")
-        _refuse(self.state_path, "state", Scope.from_json(data.get("scope") or {}))
+        refuse_foreign(self.state_path, "state", Scope.from_json(data.get("scope") or {}))
         try:
             if not isinstance(data["roots"], dict) or not isinstance(data["mounts"], list):
                 raise TypeError("'roots' is not an object or 'mounts' is not a list")
@@ -685,7 +304,7 @@ class StateStore:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise _error("remove", path, exc) from None
+            raise file_error("remove", path, exc) from None
 
     # ------------------------------------------------------------------ journal
 
@@ -716,7 +335,7 @@ class StateStore:
             if written:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._journal_fd, os.fstat(self._journal_fd).st_size - written)
-            raise _error("append to journal", self.journal_path, exc) from None
+            raise file_error("append to journal", self.journal_path, exc) from None
         self._seq += 1
         return self._seq
 
@@ -738,13 +357,13 @@ class StateStore:
         except FileNotFoundError:
             return JournalContents((), (), False)
         try:
-            raw = _read_all(fd, self.journal_path)
+            raw = read_all(fd, self.journal_path)
         finally:
             os.close(fd)
         contents = parse_journal(raw)
         for entry in contents.entries:
             if entry["op"] == "begin":
-                _refuse(self.journal_path, "journal", Scope.from_json(entry))
+                refuse_foreign(self.journal_path, "journal", Scope.from_json(entry))
         return contents
 
     def journal_read(self) -> list[dict[str, Any]]:
