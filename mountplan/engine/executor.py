@@ -15,41 +15,36 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
-from mountplan.changes import Action, ChangeSet, diff
-from mountplan.compiler import CompiledPlan, Step
+from mountplan.changes import ChangeSet, diff
+from mountplan.compiler import CompiledPlan
 from mountplan.errors import (
-    BusyError,
-    ExecutionError,
     KernelError,
     LockError,
-    MountplanError,
     PlanError,
 )
 from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Plan
 
-from .attach import Attacher, Handles
+from .apply_run import apply_locked
 from .attrs import required_for
 from .backend import Backend, KernelBackend
 from .context import Context
-from .destroy import DestroyResult, destroy_locked, remove_managed
+from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
-from .privateroot import PREFIX, is_root_bind, make_roots_private
 from .preflight import kernel_problems
-from .recovery import is_unfinished_destroy, recover_store, rollback
+from .privateroot import PREFIX, is_root_bind
+from .recovery import is_unfinished_destroy, recover_store
+from .results import ApplyResult, RecoverResult
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
-from .transaction import Transaction
 from .unmount import is_ours_at
-from .update import update_in_place
 
 __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_for", "fingerprint", "root_paths"]
 
@@ -64,29 +59,6 @@ def _enabled(level: int) -> bool:
     # structlog renders an event before stdlib drops it; per-step events would
     # cost more than the syscalls they describe, so check the level first.
     return _stdlib_log.isEnabledFor(level)
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What an apply did: mounts created, left as they were, and replaced."""
-
-    plan: str
-    created: tuple[str, ...]
-    unchanged: tuple[str, ...]
-    replaced: tuple[str, ...]
-    state_file: str
-    updated: tuple[str, ...] = ()
-    pruned: tuple[str, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.created or self.replaced or self.updated or self.pruned)
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverResult:
-    undone: tuple[str, ...]
-    leftovers: tuple[str, ...]
 
 
 def warn_machine_wide(plan: Plan) -> None:
@@ -142,7 +114,7 @@ class Engine:
             with store.locked(self.lock_timeout):
                 recover_store(self.ctx, store, log)
                 state = self._load_or_new(store, plan, rootset)
-                return self._apply_locked(plan, compiled, rootset, store, state, prune)
+                return apply_locked(self, plan, compiled, rootset, store, state, prune)
 
     def destroy(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> DestroyResult:
         """Unmount every mount this plan instance made, innermost first, and remove its mountpoints."""
@@ -182,7 +154,7 @@ class Engine:
             with store.locked(self.lock_timeout):
                 recover_store(self.ctx, store, log)
                 state = self._load_or_new(store, plan, rootset)
-                result = self._apply_locked(plan, compiled, rootset, store, state, False)
+                result = apply_locked(self, plan, compiled, rootset, store, state, False)
                 store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
                 store.journal_write({"op": "session", "pid": os.getpid()})
                 store.journal_close(remove=False)
@@ -355,144 +327,8 @@ class Engine:
                 saved.check_live(committed, self._snapshot(rootset, state, live))
                 changes = self._diff(plan, rootset, state, prune=saved.prune, live=live)
                 saved.check_changes(changes.to_json())
-                return self._apply_locked(plan, compiled, rootset, store, state, saved.prune, (changes, live))
+                return apply_locked(self, plan, compiled, rootset, store, state, saved.prune, (changes, live))
 
     @staticmethod
     def _snapshot(rootset: RootSet, state: State, live: LiveTable) -> list[dict[str, Any]]:
         return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])
-
-    def _apply_locked(
-        self,
-        plan: Plan,
-        compiled: CompiledPlan,
-        rootset: RootSet,
-        store: StateStore,
-        state: State,
-        prune: bool = False,
-        planned: tuple[ChangeSet, LiveTable] | None = None,
-    ) -> ApplyResult:
-        """Carry out the changes (computed now unless ``planned`` gives them and the table they came from)."""
-        plog = log.bind(plan=plan.name)
-        if planned is None:
-            live = read_live_table()
-            changes = self._diff(plan, rootset, state, prune=prune, live=live)
-        else:
-            changes, live = planned
-        unchanged = [c.mount for c in changes.changes if c.action is Action.NOOP]
-        for foreign in changes.foreign:
-            plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)
-        if changes.kept:
-            plog.info("apply.kept", mounts=[c.mount for c in changes.kept], hint="apply --prune removes them")
-        private_ok = all(self._root_bind_ok(state, rootset, r.name) for r in plan.roots if r.private and r.name in rootset)
-        if not changes.has_changes and private_ok:
-            plog.info("apply.done", created=0, updated=0, unchanged=len(unchanged))
-            return ApplyResult(plan.name, (), tuple(unchanged), (), store.state_path)
-
-        replaced: list[str] = []
-        updated: list[str] = []
-        pruned: list[str] = []
-        todo: list[str] = []
-        by_name = {c.mount: c for c in changes.changes}
-        specs = {m.name: m for m in plan.mounts}
-        managed_by_name = {m.name: m for m in state.mounts}
-        new_prints: list[tuple[ManagedMount, str]] = []
-
-        tx = Transaction.begin(store, {"plan": plan.name, "roots": self._root_json(rootset)})
-        attacher = Attacher(self.ctx, tx, rootset, live, ours={m.mnt_id for m in state.mounts})
-        root_binds: list[ManagedMount] = []
-        all_handles: list[Handles] = []
-        made: list[ManagedMount] = []
-        current: Step | None = None
-        where = ("?", "?")  # (step id, what it does) for the error message
-        debug, info = _enabled(logging.DEBUG), _enabled(logging.INFO)
-        try:
-            root_binds = make_roots_private(self.ctx, tx, plan, rootset, state)
-            attacher.ours.update(m.mnt_id for m in root_binds)
-            # First fix or remove what exists, in mount order (a parent's
-            # propagation is right before anything is mounted beneath it).
-            # Updates are journaled and undone on failure; an unmount cannot be
-            # undone, so a removal is committed to the state at once.
-            for name in compiled.mount_order:
-                change = by_name[name]
-                managed = managed_by_name.get(name)
-                if change.action is Action.UPDATE and managed is not None:
-                    spec = specs[name]
-                    where = (f"{name}:update", "update in place: " + ", ".join(f.field for f in change.fields))
-                    update_in_place(self.ctx, tx, spec, rootset[spec.root], change, live)
-                    plog.info("mount.updated", mount=spec.name, fields=sorted({f.field.split(".")[0] for f in change.fields}))
-                    new_prints.append((managed, fingerprint(spec)))
-                    updated.append(name)
-                elif change.action in {Action.CREATE, Action.REPLACE}:
-                    todo.append(name)
-            # Replaced mounts go innermost first (a cascade replaces a parent and
-            # the mounts beneath it), then everything is made again in mount order.
-            for name in reversed(todo):
-                managed = managed_by_name.get(name)
-                if managed is None:
-                    continue
-                if by_name[name].action is Action.REPLACE:
-                    where = (f"{name}:unmount", "unmount before replacing")
-                    remove_managed(self.ctx, managed, rootset, plog)
-                    replaced.append(name)
-                state.mounts.remove(managed)
-                store.save(state)
-            for change in changes.changes:
-                managed = managed_by_name.get(change.mount) if change.action is Action.DELETE else None
-                if managed is not None:
-                    where = (f"{change.mount}:unmount", "unmount (prune)")
-                    remove_managed(self.ctx, managed, rootset, plog)
-                    state.mounts.remove(managed)
-                    store.save(state)
-                    pruned.append(change.mount)
-            for name in todo:
-                spec = specs[name]
-                handles = Handles()
-                all_handles.append(handles)
-                mlog = plog.bind(mount=name) if debug else plog
-                for step in compiled.chain(name):
-                    current = step
-                    if debug:
-                        mlog.debug("step", step=step.id, kind=step.kind.value)
-                    attacher.run_step(step, spec, handles)
-                handles.close()
-                made.append(
-                    ManagedMount(
-                        name=name, root=spec.root, target=spec.target, mnt_id=handles.mnt_id, unique=handles.unique,
-                        fingerprint=fingerprint(spec), created=handles.created,
-                        recursive=spec.bind is not None and spec.bind.recursive, submounts=handles.submounts,
-                        proof=handles.proof,
-                    )
-                )
-                if info:
-                    mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
-        except BaseException as exc:
-            for handles in all_handles:
-                handles.close()
-            leftovers = rollback(self.ctx, tx, rootset, plog)
-            tx.close(remove=not leftovers)
-            if current is not None:
-                where = (current.id, current.render())
-            cause = str(exc) if isinstance(exc, MountplanError | OSError) else repr(exc)
-            message = (
-                f"apply {plan.name!r} failed at step {where[0]} ({where[1]}): {cause}. "
-                + ("Everything it had done was undone." if not leftovers else "Rollback was incomplete.")
-                + (f" Already removed (an unmount cannot be undone): {', '.join(replaced + pruned)}." if replaced or pruned else "")
-            )
-            plog.error("apply.failed", step=where[0], error=cause, leftovers=leftovers)
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            if isinstance(exc, BusyError):
-                raise BusyError(message, step=where[0], holders=exc.holders, leftovers=leftovers) from exc
-            raise ExecutionError(message, step=where[0], leftovers=leftovers) from exc
-        for managed, print_ in new_prints:
-            managed.fingerprint = print_
-        state.mounts[:0] = root_binds  # first in, last out: destroy removes them after everything beneath
-        state.mounts.extend(made)
-        store.save(state)
-        tx.close(remove=True)
-        plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), updated=len(updated),
-                  pruned=len(pruned), unchanged=len(unchanged))
-        created = tuple(n for n in todo if n not in replaced)
-        return ApplyResult(
-            plan.name, created, tuple(unchanged), tuple(replaced), store.state_path, tuple(updated), tuple(pruned)
-        )

@@ -195,14 +195,16 @@ def test_signal_before_command_starts_skips_it(
 ) -> None:
     """A SIGTERM that arrives during apply means the command never starts: 143, destroyed."""
     before = mount_table_snapshot()
-    real_apply = Engine._apply_locked  # what Engine.session (run's apply) calls under the lock
+    from mountplan.engine import executor
 
-    def apply_then_signal(self: Engine, *args: Any, **kwargs: Any) -> object:
-        result = real_apply(self, *args, **kwargs)
+    real_apply = executor.apply_locked  # what Engine.session (run's apply) calls under the lock
+
+    def apply_then_signal(*args: Any, **kwargs: Any) -> object:
+        result = real_apply(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(Engine, "_apply_locked", apply_then_signal)
+    monkeypatch.setattr(executor, "apply_locked", apply_then_signal)
     marker = tmp_path / "ran"
     code = runner.run(small_plan, {"input": root_dir}, ["/bin/touch", str(marker)], state_dir=state_dir)
     assert code == 128 + signal.SIGTERM
