@@ -16,7 +16,6 @@ import pytest
 
 import mountplan
 from mountplan import runner
-from mountplan.engine import Engine
 from mountplan.testing import mount_table_snapshot
 
 pytestmark = pytest.mark.mountns
