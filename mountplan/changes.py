@@ -111,6 +111,8 @@ class ChangeSet:
     kept: tuple[Change, ...] = ()
     #: What the kernel refuses among the mounts apply would make (asked by ``plan``, changing nothing).
     problems: tuple[str, ...] = ()
+    #: What an interrupted run left in the journal: recover (or the next apply) does this first.
+    pending: tuple[str, ...] = ()
 
     def counts(self) -> tuple[int, int, int]:
         add = sum(c.action in {Action.CREATE, Action.REPLACE} for c in self.changes)
@@ -152,6 +154,7 @@ class ChangeSet:
             "foreign": [f.to_json() for f in self.foreign],
             "kept": [c.to_json() for c in self.kept],
             "problems": list(self.problems),
+            "pending": list(self.pending),
             "summary": {"add": add, "change": change, "destroy": destroy},
         }
 
@@ -241,7 +244,11 @@ def compare(spec: MountSpec, live: LiveMount) -> tuple[Action, tuple[FieldChange
         )
         if missing or not atime_ok:
             have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
-            fields.append(FieldChange("attrs", _attr_text(want_attrs), _attr_text(have_attrs)))
+            # What the bind will have: its flags plus the planned ones (its atime
+            # mode unless the plan names one), not the planned flags alone.
+            keep = int(have_attrs) & ~MOUNT_ATTR_ATIME_MASK if spec.attrs & ATIME_ATTRS else int(have_attrs)
+            will_have = MountAttr(keep | int(want_attrs))
+            fields.append(FieldChange("attrs", _attr_text(will_have), _attr_text(have_attrs)))
     if not _expected_propagation(spec.propagation, live):
         fields.append(FieldChange("propagation", spec.propagation.value, live.propagation.name.lower()))
     return (Action.UPDATE if fields else Action.NOOP), tuple(fields)
@@ -289,7 +296,7 @@ def diff(
         if ours is not None and ours.mount_point != point:
             ours = None  # ours, but moved elsewhere: treat as gone and recreate here
         for other in live.at(point):
-            if other is not ours:
+            if other is not ours and mount_key(other) not in owned:
                 foreign.append(ForeignMount(other.mount_point, other.fs_type, other.source, spec.name))
         if ours is None:
             reason = "not mounted" if entry is None else GONE
@@ -423,6 +430,9 @@ def render(changes: ChangeSet) -> str:
             lines.append(f"      {field_change.field}: {field_change.live} -> {field_change.planned}")
     for c in changes.kept:
         lines.append(f"    {c.mount}  ({c.root}:{c.target})  # no longer in the plan; kept (apply --prune removes it)")
+    if changes.pending:
+        lines.append("  ! an interrupted run left a journal; `mountplan recover` (or the next apply) will first:")
+        lines.extend(f"      {item}" for item in changes.pending)
     for problem in changes.problems:
         lines.append(f"  ! the kernel refuses {problem}")
     for other in changes.foreign:

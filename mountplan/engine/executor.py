@@ -39,7 +39,7 @@ from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
 from .preflight import kernel_problems
 from .privateroot import PREFIX, is_root_bind
-from .recovery import is_unfinished_destroy, recover_store
+from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
@@ -243,7 +243,10 @@ class Engine:
     def _store(self, plan: Plan, rootset: RootSet) -> StateStore:
         return StateStore(self.state_dir, instance_key(plan.name, self._root_json(rootset)))
 
-    def _diff(self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable) -> ChangeSet:
+    def _diff(
+        self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable,
+        journaled: frozenset[int] = frozenset(),
+    ) -> ChangeSet:
         managed = {
             m.name: (m.mnt_id, m.root, m.target, m.fingerprint, m.unique)
             for m in state.mounts
@@ -252,16 +255,19 @@ class Engine:
         paths = {name: handle.identity.path for name, handle in rootset.items()}
         # Fingerprints only matter for mounts mountplan already made.
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
-        owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts))
+        # Ours too: what a journal left behind names (half-made mounts are not foreign).
+        owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts)) | journaled
         return diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            changes = self._diff(plan, rootset, self._load_or_new(store, plan, rootset), prune=prune, live=read_live_table())
+            todo, journaled = describe_pending(store)
+            state = self._load_or_new(store, plan, rootset)
+            changes = self._diff(plan, rootset, state, prune=prune, live=read_live_table(), journaled=journaled)
             problems = kernel_problems(self.ctx, plan, changes, rootset)
-            return dataclasses.replace(changes, problems=problems) if problems else changes
+            return dataclasses.replace(changes, problems=problems, pending=todo) if problems or todo else changes
 
     def save_plan(
         self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False

@@ -151,6 +151,19 @@ def _reopen_roots(header: dict[str, Any] | None) -> dict[str, RootHandle]:
 FINISH_OPS = frozenset({"session", "destroy"})
 
 
+def describe_pending(store: StateStore) -> tuple[tuple[str, ...], frozenset[int]]:
+    """What recover would do with the journal left behind (read only), and the mount ids it names."""
+    contents = store.journal_load()
+    entries = list(contents.entries)
+    if not entries:
+        return (), frozenset()
+    if any(e.get("op") in FINISH_OPS for e in entries):
+        return ("destroy every mount in the state (a destroy or a run did not finish)",), frozenset()
+    _, items, bad = pending(entries)
+    undo = sorted(items.values(), key=lambda i: i.seq, reverse=True)
+    return tuple(f"undo {i.describe()}" for i in undo) + tuple(bad), frozenset(i.mnt_id for i in undo if i.op == "mount")
+
+
 def is_unfinished_destroy(store: StateStore) -> bool:
     """The journal asks for the whole state to be destroyed (a destroy or a run that did not finish)."""
     return any(e.get("op") in FINISH_OPS for e in store.journal_load().entries)

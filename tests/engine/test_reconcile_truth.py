@@ -243,3 +243,39 @@ def test_plan_asks_the_kernel_without_changing_anything(tmp_path: Path, root_dir
     assert gone.startswith("gone (r:gone): ") and "No such file" in gone
     assert "Apply would fail" in changes.summary()
     assert mount_table_snapshot() == before and os.listdir(root_dir) == []
+
+
+def test_plan_shows_what_a_killed_apply_left_and_recover_will_undo(tmp_path: Path, root_dir: str) -> None:
+    """A killed apply: plan lists the pending journal, and its half-made mounts are not called foreign.
+
+    On main: plan listed mountplan's own half-made mounts as foreign, with no word of the journal.
+    """
+    import signal
+
+    plan = _plan(tmpfs("a", "a"), tmpfs("b", "b"))
+    state = str(tmp_path / "s")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        from mountplan.engine.backend import KernelBackend
+
+        class KillBeforeSecondMount(KernelBackend):
+            count = 0
+
+            @staticmethod
+            def move_mount(*args: object, **kwargs: object) -> None:
+                KillBeforeSecondMount.count += 1
+                if KillBeforeSecondMount.count == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                KernelBackend.move_mount(*args, **kwargs)  # type: ignore[misc]
+
+        try:
+            Engine(state_dir=state, backend=KillBeforeSecondMount()).apply(plan, {"r": root_dir})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    changes = Engine(state_dir=state).plan(plan, {"r": root_dir})
+    assert changes.foreign == ()
+    assert any("undo mount 'a'" in p for p in changes.pending), changes.pending
+    Engine(state_dir=state).recover()
+    assert read_live_table().beneath(root_dir) == []
