@@ -279,3 +279,22 @@ def test_plan_shows_what_a_killed_apply_left_and_recover_will_undo(tmp_path: Pat
     assert any("undo mount 'a'" in p for p in changes.pending), changes.pending
     Engine(state_dir=state).recover()
     assert read_live_table().beneath(root_dir) == []
+
+
+def test_a_drifted_bind_shows_the_attributes_it_will_have(tmp_path: Path, root_dir: str) -> None:
+    """A ro bind of a nodev,noatime source, remounted rw by hand: plan shows `ro,nodev,noatime`, what apply restores.
+
+    On main: `attrs: nodev,noatime -> ro,relatime`, while apply kept noatime.
+    """
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nodev,noatime", "src", str(src)], check=True)
+    plan = _plan(MountSpec("b", "r", "b", bind=BindSource(SourceRef(str(src)), False), attrs=frozenset({Attr.RO})))
+    engine = Engine(state_dir=str(tmp_path / "s"))
+    engine.apply(plan, {"r": root_dir})
+    subprocess.run(["mount", "-o", "remount,bind,rw,nodev,noatime", f"{root_dir}/b"], check=True)
+    (change,) = engine.plan(plan, {"r": root_dir}).changes
+    (field,) = change.fields
+    assert (field.field, field.planned, field.live) == ("attrs", "ro,nodev,noatime", "nodev,noatime")
+    engine.apply(plan, {"r": root_dir})
+    assert not engine.plan(plan, {"r": root_dir}).has_changes
