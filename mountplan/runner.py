@@ -44,8 +44,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from mountplan._kernel.fd import Fd
 from mountplan._kernel.features import REQUIRED, Availability, detect
 from mountplan._kernel.namespaces import (
@@ -56,6 +54,7 @@ from mountplan._kernel.namespaces import (
     read_signalfd,
     signalfd,
 )
+from mountplan._log import structured_logger
 from mountplan.engine import Engine
 from mountplan.engine.executor import root_paths
 from mountplan.errors import ExecutionError, KernelError, RootError
@@ -63,7 +62,7 @@ from mountplan.model import Plan
 
 __all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "FORWARDED_SIGNALS", "run"]
 
-log = structlog.wrap_logger(logging.getLogger("mountplan"))
+log = structured_logger(logging.getLogger("mountplan"))
 
 #: Shell conventions (POSIX ``sh``): the command exists but cannot be executed.
 EXIT_CANNOT_EXECUTE = 126

@@ -40,9 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from mountplan._kernel.fanotify import MountEvent, open_mount_namespace_watch, read_mount_events
+from mountplan._log import structured_logger
 from mountplan.changes import ChangeSet
 from mountplan.engine import Engine
 from mountplan.errors import KernelError, MountplanError
@@ -68,7 +67,7 @@ _TRIGGER_LIMIT = 16
 _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
 
-log = structlog.wrap_logger(logging.getLogger("mountplan"))
+log = structured_logger(logging.getLogger("mountplan"))
 
 
 class Mechanism(enum.Enum):

@@ -5,14 +5,20 @@ Events always go to stderr: console rendering on a terminal, JSON lines with
 The console and logfmt renderers write values as they are, so every string value
 is escaped first (:func:`escape_values`): an event's target, source or kernel
 message must not be able to drive the reader's terminal or forge a log line.
+Console colours follow ``NO_COLOR`` and ``FORCE_COLOR`` (:func:`wants_color`).
+
+The library hands each event over as data (:mod:`mountplan._log`); the
+:class:`EventFormatter` on the CLI's handler renders it.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, TextIO
 
 
 def _import_structlog_without_rich() -> None:
@@ -34,9 +40,10 @@ _import_structlog_without_rich()
 
 import structlog  # after the call above decided what structlog sees
 
+from mountplan._log import PROCESSORS
 from mountplan._text import printable, printable_lines
 
-__all__ = ["configure", "escape_values"]
+__all__ = ["EventCollector", "EventFormatter", "configure", "escape_values", "wants_color"]
 
 
 def escape_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -51,34 +58,87 @@ def escape_values(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     return event_dict
 
 
-def configure(verbosity: int, log_format: str) -> None:
-    """``verbosity``: -1 quiet (errors), 0 warnings, 1 info, 2+ debug."""
+def wants_color(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Colour for ``stream``: ``NO_COLOR`` (non-empty) turns it off, ``FORCE_COLOR`` (non-empty) on, else a tty.
+
+    See https://no-color.org and https://force-color.org; ``NO_COLOR`` wins when both are set.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    if env.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()
+
+
+class EventFormatter(logging.Formatter):
+    """Render a record of the ``mountplan`` logger with structlog's renderers.
+
+    The library's records carry a :class:`~mountplan._log.LogEvent` (the event and
+    its fields); any other record becomes ``{"event": record.getMessage()}``.
+    ``level`` and ``timestamp`` come from the record itself.
+    """
+
+    def __init__(self, processors: Sequence[structlog.typing.Processor]) -> None:
+        super().__init__()
+        self._processors = list(processors)
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(record.msg) if isinstance(record.msg, Mapping) else {"event": record.getMessage()}
+        method = record.levelname.lower()
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        event: Any = {
+            **fields,
+            "level": method,
+            "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        }
+        if record.exc_info:
+            event["exc_info"] = record.exc_info
+        for processor in self._processors:
+            event = processor(None, method, event)
+        return str(event)
+
+
+class EventCollector(logging.Handler):
+    """Keeps the fields of every event the library logs (``run --json`` reports what was applied)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, Mapping):
+            self.events.append(dict(record.msg))
+
+
+def configure(verbosity: int, log_format: str, *, collector: logging.Handler | None = None) -> None:
+    """``verbosity``: -1 quiet (errors), 0 warnings, 1 info, 2+ debug.
+
+    ``collector``, if given, also receives every info-or-above event whatever the verbosity.
+    """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    color = wants_color(sys.stderr)
     if log_format == "auto":
-        log_format = "console" if sys.stderr.isatty() else "logfmt"
+        # FORCE_COLOR asks for the terminal's rendering where there is no terminal (CI logs).
+        log_format = "console" if sys.stderr.isatty() or color else "logfmt"
     renderer: structlog.typing.Processor
     # A traceback is turned into text first, so that its lines are escaped too.
     escape: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, escape_values]
     if log_format == "json":
-        escape = []  # json.dumps escapes control characters itself; the values stay exact
+        # json.dumps escapes control characters itself; the values stay exact.
+        escape = [structlog.processors.format_exc_info]
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     elif log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=color)
     else:
         renderer = structlog.processors.LogfmtRenderer(sort_keys=True, key_order=["event"])
-    structlog.configure(
-        processors=[
-            structlog.stdlib.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *escape,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        cache_logger_on_first_use=False,
-    )
+    # Loggers that follow the global configuration (structlog.get_logger(),
+    # structlog.wrap_logger() without processors) make the same records as the library's.
+    structlog.configure(processors=PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=False)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(EventFormatter([*escape, renderer]))
+    handler.setLevel(level)
     logger = logging.getLogger("mountplan")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
+    logger.handlers[:] = [handler] if collector is None else [handler, collector]
+    logger.setLevel(level if collector is None else min(level, logging.INFO))
     logger.propagate = False

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import structlog
-
+from mountplan._log import structured_logger
 from mountplan.changes import Action, ChangeSet
 from mountplan.compiler import CompiledPlan, Step
 from mountplan.errors import BusyError, ExecutionError, MountplanError
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from .executor import Engine
 
 _stdlib_log = logging.getLogger("mountplan")
-log = structlog.wrap_logger(_stdlib_log)
+log = structured_logger(_stdlib_log)
 
 
 def _enabled(level: int) -> bool:
@@ -61,7 +60,7 @@ engine: Engine,
         plog.info("apply.kept", mounts=[c.mount for c in changes.kept], hint="apply --prune removes them")
     private_ok = all(engine._root_bind_ok(state, rootset, r.name) for r in plan.roots if r.private and r.name in rootset)
     if not changes.has_changes and private_ok:
-        plog.info("apply.done", created=0, updated=0, unchanged=len(unchanged))
+        plog.info("apply.done", created=0, replaced=0, updated=0, pruned=0, unchanged=len(unchanged))
         return ApplyResult(plan.name, (), tuple(unchanged), (), store.state_path)
 
     replaced: list[str] = []
@@ -140,7 +139,7 @@ engine: Engine,
                 )
             )
             if info:
-                mlog.info("mount.created", target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
+                mlog.info("mount.created", mount=name, target=f"{spec.root}:{spec.target}", mnt_id=handles.mnt_id)
     except BaseException as exc:
         for handles in all_handles:
             handles.close()
@@ -154,7 +153,7 @@ engine: Engine,
             + ("Everything it had done was undone." if not leftovers else "Rollback was incomplete.")
             + (f" Already removed (an unmount cannot be undone): {', '.join(replaced + pruned)}." if replaced or pruned else "")
         )
-        plog.error("apply.failed", step=where[0], error=cause, leftovers=leftovers)
+        plog.debug("apply.failed", step=where[0], error=cause, leftovers=leftovers)  # raised below: the catcher reports it
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         if isinstance(exc, BusyError):

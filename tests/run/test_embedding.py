@@ -93,7 +93,7 @@ def test_documented_logging_setup_routes_events(
 ) -> None:
     """The logging example in docs/embedding.md writes mountplan's events as JSON lines."""
     os.chdir(tmp_path)  # the example writes mountplan-events.jsonl in the current directory
-    logging_block = next(block for block in doc_python_blocks() if "structlog.configure" in block)
+    logging_block = next(block for block in doc_python_blocks() if "mountplan-events.jsonl" in block)
     # Runs in the sandbox child: the global structlog configuration dies with it.
     exec(compile(logging_block, str(DOC), "exec"), {"__name__": "logging_example"})  # noqa: S102 - the documented code
     mountplan.apply(small_plan, {"input": root_dir}, state_dir=state_dir)
