@@ -53,18 +53,21 @@ OWN_FILES = (
     "mountplan/cli/logs.py",
 )
 
+#: Engine modules that call read_live_table() (the calls docs/performance.md recommends limiting).
+ENGINE_READERS = ("apply_run", "attach", "executor", "removal", "unmount", "update")
 # Patch the engine's read_live_table to read only beneath the roots (item 4/5 demonstration).
 PATCH = """
-import functools, sys
+import functools, importlib, sys
 import mountplan.livetable as lt
-from mountplan.engine import attach, executor, removal, unmount, update
+import mountplan.engine
 roots = sys.argv.pop(1).split(":")
 fast = functools.partial(lt.read_live_table, beneath=roots)
-for module in (attach, executor, removal, unmount, update):
+for name in ENGINE_READERS:
+    module = importlib.import_module("mountplan.engine." + name)
     module.read_live_table = lambda source=lt.TableSource.AUTO: fast(source)
 from mountplan.cli import main
 sys.exit(main())
-"""
+""".replace("ENGINE_READERS", repr(ENGINE_READERS))
 
 
 def _sh(cmd: str) -> None:
@@ -216,10 +219,11 @@ def _drop_mounts(parent: str) -> None:
 
 def _engine_patched(roots: list[str]) -> Callable[[], None]:
     """Point the engine's read_live_table at the roots; return the undo."""
-    import mountplan.livetable as lt
-    from mountplan.engine import attach, executor, removal, unmount, update
+    import importlib
 
-    modules = (attach, executor, removal, unmount, update)
+    import mountplan.livetable as lt
+
+    modules = [importlib.import_module(f"mountplan.engine.{name}") for name in ENGINE_READERS]
     saved = [getattr(m, "read_live_table") for m in modules]  # noqa: B009 - not re-exported for mypy
     fast = functools.partial(lt.read_live_table, beneath=roots)
 
