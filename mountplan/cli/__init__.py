@@ -33,6 +33,7 @@ from . import logs
 from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
 from ._output import ArgumentParser, err, out, out_json
 from ._schema_cmd import add_schema_parser
+from ._serve_cmd import add_serve_parser
 from ._watch_cmd import add_watch_parser
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_schema_parser(sub, parents=[common])
     add_watch_parser(sub, parents=[common, run])
+    add_serve_parser(sub, parents=[common])
     return parser
 
 

@@ -1,0 +1,386 @@
+"""Worker mode: one long-lived mountplan process applies one plan for many clients over a unix socket.
+
+The protocol (docs/embedding.md, "Worker mode") is one JSON object per
+``SOCK_SEQPACKET`` message, so there is no framing to parse and the root fds a
+request carries (``SCM_RIGHTS``) belong to exactly that request. Each connection
+gets a thread; each ``apply`` is one plan instance, held through
+:meth:`Engine.session` (state lock held, ``session`` journal entry written) until
+the client asks for ``destroy`` or its connection ends, whichever comes first.
+
+Layering: above the public API, below the CLI. The CLI (``mountplan serve``)
+parses arguments, configures logging and handles signals; this module only serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from mountplan.engine import ApplyResult, Engine
+from mountplan.errors import ExecutionError, LockError, MountplanError
+from mountplan.model import Plan
+
+__all__ = ["FORMAT_VERSION", "MAX_FDS", "MAX_MESSAGE", "Server"]
+
+#: The protocol's version: every request must carry it, every reply does.
+FORMAT_VERSION = 1
+#: The longest message either way, in bytes (requests longer are refused, replies never are).
+MAX_MESSAGE = 65536
+#: The most fds one request may carry.
+MAX_FDS = 16
+
+_stdlib_log = logging.getLogger("mountplan")
+log = structlog.wrap_logger(_stdlib_log)
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class _BadRequest(Exception):
+    """A request the server cannot act on; nothing was changed. Code 2, as a CLI usage error."""
+
+    code = 2
+
+
+@dataclass(slots=True)
+class _Action:
+    """One applied plan instance: the session holding it and the root fds it was given."""
+
+    action_id: str
+    key: tuple[tuple[str, int, int], ...]
+    fds: list[int]
+    session: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        """Destroy the mounts (leave the session), then close the fds, even when destroy fails."""
+        try:
+            self.session.close()
+        finally:
+            _close_all(self.fds)
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` object of a reply for ``exc``."""
+    if isinstance(exc, _BadRequest):
+        return {"code": exc.code, "type": "RequestError", "message": str(exc)}
+    if isinstance(exc, MountplanError):
+        doc: dict[str, Any] = {"code": exc.exit_code, "type": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, ExecutionError):
+            doc["leftovers"] = [str(item) for item in getattr(exc, "leftovers", ())]
+        return doc
+    return {"code": 1, "type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _apply_reply(base: dict[str, Any], action_id: str, result: ApplyResult) -> bytes:
+    lists = {
+        "created": list(result.created),
+        "updated": list(result.updated),
+        "replaced": list(result.replaced),
+        "unchanged": list(result.unchanged),
+    }
+    doc = {
+        **base, "ok": True, "action": action_id, "plan": result.plan, "state_file": result.state_file,
+        "summary": {name: len(items) for name, items in lists.items()},
+    }
+    full = _encode({**doc, **lists})
+    # The lists are informative; the counts always fit, the names only when the reply stays in one message.
+    return full if len(full) <= MAX_MESSAGE else _encode({**doc, "truncated": True})
+
+
+def _check_socket_path(path: str) -> None:
+    """Make ``path`` free to bind: remove a dead server's socket, refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: a server that died without cleaning up
+        return
+    except OSError as exc:
+        # EPROTOTYPE: a stream socket someone else owns; not ours to remove.
+        raise FileExistsError(exc.errno, f"is a socket mountplan cannot use ({exc.strerror})", path) from None
+    finally:
+        probe.close()
+    raise LockError(f"another server is listening on {path}")
+
+
+class Server:
+    """Serves ``plan`` on the unix socket ``path`` (``SOCK_SEQPACKET``); see docs/embedding.md.
+
+    ``bind()`` creates the socket (mode 0600); ``serve_forever()`` accepts
+    clients until ``stop()``, then tears down every live action and removes the
+    socket. ``stop()`` may be called from any thread or a signal handler.
+    Peers whose uid is neither the server's effective uid nor 0 are refused:
+    a client picks where the plan is mounted.
+    """
+
+    def __init__(self, plan: Plan, path: str, *, engine: Engine | None = None, state_dir: str | None = None,
+                 lock_timeout: float = 30.0, lazy: bool = False) -> None:
+        self.plan = plan
+        self.path = path
+        self.engine = engine or Engine(state_dir=state_dir, lock_timeout=lock_timeout, lazy=lazy)
+        self._listener: socket.socket | None = None
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._lock = threading.Lock()
+        self._live: dict[tuple[tuple[str, int, int], ...], str] = {}
+        self._connections: dict[int, tuple[socket.socket, threading.Thread]] = {}
+        self._numbers = itertools.count(1)
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self) -> None:
+        """Create and listen on the socket; clients may connect once this returns."""
+        _check_socket_path(self.path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # the socket is 0600 from the moment it exists
+        try:
+            listener.bind(self.path)
+        except BaseException:
+            listener.close()
+            raise
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        self._listener = listener
+        log.info("serve.listening", socket=self.path, plan=self.plan.name, pid=os.getpid())
+
+    def serve_forever(self) -> None:
+        """Accept clients until :meth:`stop`; then tear down every action and remove the socket."""
+        if self._listener is None:
+            self.bind()
+        assert self._listener is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        try:
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self._listener and not self._stopping:
+                        self._accept()
+        finally:
+            selector.close()
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to end (thread- and signal-handler-safe)."""
+        self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"x")
+
+    def _shutdown(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            listener.close()
+        with self._lock:
+            connections = list(self._connections.values())
+        for sock, _ in connections:
+            # Wakes the thread blocked in recvmsg with end-of-file: it tears down as on a disconnect.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in connections:
+            thread.join()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        log.info("serve.stopped", socket=self.path)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, ConnectionAbortedError, InterruptedError):
+            return
+        number = next(self._numbers)
+        pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        if uid not in (0, os.geteuid()):
+            log.warning("serve.refused", client=number, peer_pid=pid, peer_uid=uid)
+            with contextlib.suppress(OSError):
+                sock.sendmsg([_encode({
+                    "format_version": FORMAT_VERSION, "ok": False,
+                    "error": {"code": 2, "type": "RequestError",
+                              "message": f"uid {uid} may not use this server (only uid {os.geteuid()} and 0)"},
+                })], [], socket.MSG_NOSIGNAL)
+            sock.close()
+            return
+        thread = threading.Thread(target=self._serve_client, args=(number, sock, pid), name=f"serve-client-{number}",
+                                  daemon=True)
+        with self._lock:
+            self._connections[number] = (sock, thread)
+        thread.start()
+
+    # ------------------------------------------------------------------ one client
+
+    def _serve_client(self, number: int, sock: socket.socket, pid: int) -> None:
+        actions: dict[str, _Action] = {}
+        counter = itertools.count(1)
+        log.debug("serve.client", client=number, peer_pid=pid)
+        try:
+            while True:
+                try:
+                    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+                except OSError:
+                    break  # ECONNRESET and the like: the client is gone
+                if not data and not fds:
+                    break  # end of file: the client closed or died
+                reply = self._handle(number, actions, counter, data, fds, flags)
+                try:
+                    sock.sendmsg([reply], [], socket.MSG_NOSIGNAL)
+                except OSError:
+                    break  # gone while we worked: tear down what it had
+        finally:
+            for action in reversed(list(actions.values())):
+                self._end(action, reason="disconnect")
+            sock.close()
+            with self._lock:
+                self._connections.pop(number, None)
+
+    def _handle(self, number: int, actions: dict[str, _Action], counter: itertools.count[int], data: bytes,
+                fds: list[int], flags: int) -> bytes:
+        base: dict[str, Any] = {"format_version": FORMAT_VERSION}
+        kept = False
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise _BadRequest(f"request longer than {MAX_MESSAGE} bytes")
+            if flags & socket.MSG_CTRUNC:
+                raise _BadRequest(f"more than {MAX_FDS} fds attached to one request")
+            doc = _parse(data)
+            if "id" in doc:
+                base["id"] = doc["id"]
+            op = doc.get("op")
+            if "op" in doc:
+                base["op"] = op
+            if op == "ping":
+                _no_fds(fds, op)
+                return _encode({**base, "ok": True, "plan": self.plan.name,
+                                "roots": sorted(r.name for r in self.plan.roots), "pid": os.getpid()})
+            if op == "apply":
+                kept = True  # from here the fds belong to the action, or _apply closes them
+                action_id, result = self._apply(number, actions, next(counter), doc, fds)
+                return _apply_reply(base, action_id, result)
+            if op == "destroy":
+                _no_fds(fds, op)
+                wanted = doc.get("action")
+                if not isinstance(wanted, str) or wanted not in actions:
+                    raise _BadRequest(f"destroy: no live action {wanted!r} on this connection")
+                self._end(actions.pop(wanted), reason="request")
+                return _encode({**base, "ok": True, "action": wanted})
+            raise _BadRequest(f"unknown op {op!r} (one of: apply, destroy, ping)")
+        except Exception as exc:
+            if not isinstance(exc, MountplanError | _BadRequest):
+                log.exception("serve.internal_error", client=number)
+            return _encode({**base, "ok": False, "error": _error(exc)})
+        finally:
+            if not kept:
+                _close_all(fds)
+
+    def _apply(self, number: int, actions: dict[str, _Action], seq: int, doc: Mapping[str, Any],
+               fds: list[int]) -> tuple[str, ApplyResult]:
+        """Enter a session for the roots the request carries; the fds then belong to the action."""
+        try:
+            roots = _roots(doc, fds)
+            key = tuple(sorted((name, *_identity(fd)) for name, fd in roots.items()))
+        except BaseException:
+            _close_all(fds)
+            raise
+        action = _Action(f"{number}.{seq}", key, fds)
+        with self._lock:
+            holder = self._live.setdefault(key, action.action_id)
+        if holder != action.action_id:
+            _close_all(fds)
+            # Refused at once: the engine's lock would only make this client wait for lock_timeout.
+            raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
+        try:
+            result = action.session.enter_context(self.engine.session(self.plan, roots))
+        except BaseException:
+            self._release(action)
+            _close_all(fds)
+            raise
+        actions[action.action_id] = action
+        log.info("serve.applied", client=number, action=action.action_id, created=len(result.created))
+        return action.action_id, result
+
+    def _release(self, action: _Action) -> None:
+        with self._lock:
+            if self._live.get(action.key) == action.action_id:
+                del self._live[action.key]
+
+    def _end(self, action: _Action, *, reason: str) -> None:
+        """Destroy an action's mounts; a failure leaves the session journal for recover (docs/embedding.md)."""
+        try:
+            action.close()
+        except Exception as exc:
+            log.error("serve.destroy_failed", action=action.action_id, reason=reason, error=str(exc))
+            if reason == "request":
+                raise
+        else:
+            log.info("serve.destroyed", action=action.action_id, reason=reason)
+        finally:
+            self._release(action)
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _BadRequest(f"request is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _BadRequest("request must be a JSON object")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _BadRequest(f"format_version {version!r} is not supported (this server speaks {FORMAT_VERSION})")
+    return doc
+
+
+def _no_fds(fds: list[int], op: object) -> None:
+    if fds:
+        raise _BadRequest(f"{op}: takes no fds, {len(fds)} attached")
+
+
+def _roots(doc: Mapping[str, Any], fds: list[int]) -> dict[str, int]:
+    """Root name -> received fd, from ``"roots": {"NAME": INDEX}``; every attached fd must be named."""
+    raw = doc.get("roots")
+    if not isinstance(raw, dict) or not raw:
+        raise _BadRequest('apply: "roots" must be an object mapping root names to indexes of the attached fds')
+    roots: dict[str, int] = {}
+    for name, index in raw.items():
+        if type(index) is not int or not 0 <= index < len(fds):
+            raise _BadRequest(f"apply: root {name!r}: {index!r} is not the index of an attached fd ({len(fds)} attached)")
+        roots[name] = fds[index]
+    unused = sorted(set(range(len(fds))) - set(raw.values()))
+    if unused:
+        raise _BadRequest(f"apply: attached fd(s) at index {unused} name no root")
+    return roots
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
