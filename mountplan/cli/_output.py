@@ -13,14 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mountplan._text import printable_lines
+from mountplan.errors import MountplanError, PlanError
+
+from ._checks import UsageError
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
-__all__ = ["ArgumentParser", "err", "out", "out_json"]
+__all__ = ["FORMAT_VERSION", "ArgumentParser", "ParserUsageError", "err", "error_document", "out", "out_json"]
+
+#: ``format_version`` of every ``--json`` document (shapes: mountplan/schema/output/*.schema.json).
+FORMAT_VERSION = 1
 
 
 def out(text: str) -> None:
@@ -38,8 +44,43 @@ def out_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def error_document(exc: BaseException, code: int) -> dict[str, Any]:
+    """The ``--json`` document of a failure: ``error`` (the exception's class), ``code`` (exit code), ``message``.
+
+    A plan error adds its ``diagnostics``; a failed step adds ``step`` and ``leftovers``.
+    """
+    kind = "UsageError" if isinstance(exc, UsageError) else type(exc).__name__
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "error": kind, "code": code}
+    if isinstance(exc, PlanError):
+        doc["message"] = f"{len(exc.diagnostics)} error(s) in the plan"
+        doc["diagnostics"] = [d.to_json() for d in exc.diagnostics]
+    else:
+        doc["message"] = str(exc)
+    if isinstance(exc, MountplanError):
+        for key in ("step", "leftovers"):
+            value = getattr(exc, key, None)
+            if value is not None:
+                doc[key] = list(value) if isinstance(value, list | tuple) else value
+    return doc
+
+
+class ParserUsageError(UsageError):
+    """A command line argparse rejects; ``usage`` is the usage line of the (sub)command."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its usage errors escaped too (it echoes unrecognized arguments raw)."""
+    """argparse, with its usage errors escaped too (it echoes unrecognized arguments raw).
+
+    A usage error is raised as :class:`ParserUsageError` instead of printed, so the
+    CLI reports it once, as text or (under ``--json``) as a JSON document.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise ParserUsageError(message, self.format_usage())
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         super()._print_message(printable_lines(message) if message else message, file)
