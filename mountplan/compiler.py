@@ -52,7 +52,11 @@ class StepKind(enum.Enum):
     SET_ATTR = "mount_setattr"
     ENSURE_MOUNTPOINT = "mkdir"
     RESOLVE_TARGET = "resolve_target"
+    #: statx of the detached mount's id (+ clone ids, root evidence), journaled before attaching
+    JOURNAL_ID = "journal_id"
     MOVE_MOUNT = "move_mount"
+    #: look the target up again beneath the root: the mount must be ours, else detach it by its fd
+    VERIFY = "verify_beneath"
     SET_PROPAGATION = "set_propagation"
     UNMOUNT = "unmount"
     REMOVE_MOUNTPOINT = "rmdir"
@@ -294,7 +298,7 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
     chains: dict[str, list[Step]] = {}
     attrs_args: dict[frozenset[Attr], _Args] = {}
     filesystem_heads: dict[tuple[str | None, str | None, tuple[Option, ...], frozenset[Attr]], _Head] = {}
-    tail_suffixes: dict[int, tuple[str, str, str, str]] = {}
+    tail_suffixes: dict[int, tuple[str, ...]] = {}
     mode_args: dict[int, _Args] = {}
     propagation_args: dict[Propagation, _Args] = {}
     for m in mounts:
@@ -327,8 +331,10 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
         chain = [_new_step(name + suffix, kind, name, root, args) for suffix, kind, args in head]
         chain.append(_new_step(name + tail[0], StepKind.ENSURE_MOUNTPOINT, name, root, target + mode))
         chain.append(_new_step(name + tail[1], StepKind.RESOLVE_TARGET, name, root, target))
-        chain.append(_new_step(name + tail[2], StepKind.MOVE_MOUNT, name, root, target))
-        chain.append(_new_step(name + tail[3], StepKind.SET_PROPAGATION, name, root, propagation))
+        chain.append(_new_step(name + tail[2], StepKind.JOURNAL_ID, name, root, ()))
+        chain.append(_new_step(name + tail[3], StepKind.MOVE_MOUNT, name, root, target))
+        chain.append(_new_step(name + tail[4], StepKind.VERIFY, name, root, target))
+        chain.append(_new_step(name + tail[5], StepKind.SET_PROPAGATION, name, root, propagation))
         chains[name] = chain
     return chains
 
@@ -345,15 +351,16 @@ def _filesystem_head(m: MountSpec, attrs: _Args) -> _Head:
     return [(f"#{i:02d}:{kind.value}", kind, args) for i, (kind, args) in enumerate(kinds_args)]
 
 
-def _tail_suffixes(start: int) -> tuple[str, str, str, str]:
+def _tail_suffixes(start: int) -> tuple[str, ...]:
     kinds = (
         StepKind.ENSURE_MOUNTPOINT,
         StepKind.RESOLVE_TARGET,
+        StepKind.JOURNAL_ID,
         StepKind.MOVE_MOUNT,
+        StepKind.VERIFY,
         StepKind.SET_PROPAGATION,
     )
-    mkdir, resolve, move, propagation = (f"#{i:02d}:{kind.value}" for i, kind in enumerate(kinds, start))
-    return mkdir, resolve, move, propagation
+    return tuple(f"#{i:02d}:{kind.value}" for i, kind in enumerate(kinds, start))
 
 
 # A frozen dataclass's __init__ stores each field with object.__setattr__, paying

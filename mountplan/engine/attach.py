@@ -245,15 +245,17 @@ class Attacher:
 
     # ---------------------------------------------------------------- attach
 
-    def _move_mount(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+    def _journal_id(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+        """Capture the detached mount's identity and journal it *before* attaching.
+
+        If we are killed right after move_mount, recovery finds this id at the
+        target and knows the mount is ours.
+        """
         k = self.ctx.backend
         assert h.mnt is not None and h.target is not None
-        shown = f"{spec.root}:{spec.target}"
-        self._check_parent(spec, h.target, shown)
+        self._check_parent(spec, h.target, f"{spec.root}:{spec.target}")
         ids = k.statx_mount_ids(h.mnt.fileno())
         h.mnt_id, h.unique = ids.mnt_id, ids.unique
-        # Journal first: if we are killed right after move_mount, recovery
-        # finds this id at the target and knows the mount is ours.
         recursive = spec.bind is not None and spec.bind.recursive
         if recursive:
             h.submounts = clone_ids(self.ctx, h.mnt, self._source_path(spec), ids.mnt_id)
@@ -264,9 +266,17 @@ class Attacher:
             0, "mount", spec.root, spec.target, mnt_id=ids.mnt_id, unique=ids.unique, mount=spec.name,
             recursive=recursive, submounts=h.submounts, proof=h.proof,
         ))
-        k.move_mount(h.mnt.fileno(), "", h.target.fileno(), "", _MOVE_FDS, shown_target=shown)
+
+    def _move_mount(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+        assert h.mnt is not None and h.target is not None
+        shown = f"{spec.root}:{spec.target}"
+        self.ctx.backend.move_mount(h.mnt.fileno(), "", h.target.fileno(), "", _MOVE_FDS, shown_target=shown)
         h.target.close()
-        self.ours.add(ids.mnt_id)
+        self.ours.add(h.mnt_id)
+
+    def _verify(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+        assert h.mnt is not None
+        shown = f"{spec.root}:{spec.target}"
         self._check_landed(spec, root, h, shown)
         if h.pending_attrs is not None:
             set_attrs(self.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
@@ -388,6 +398,8 @@ _STEP_HANDLERS: dict[StepKind, Callable[[Attacher, Step, MountSpec, RootHandle, 
     StepKind.SET_ATTR: Attacher._set_attr,
     StepKind.ENSURE_MOUNTPOINT: Attacher._mountpoint,
     StepKind.RESOLVE_TARGET: Attacher._resolve_target,
+    StepKind.JOURNAL_ID: Attacher._journal_id,
     StepKind.MOVE_MOUNT: Attacher._move_mount,
+    StepKind.VERIFY: Attacher._verify,
     StepKind.SET_PROPAGATION: Attacher._propagation,
 }

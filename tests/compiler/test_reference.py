@@ -77,7 +77,9 @@ def _reference_chain(m: MountSpec) -> list[tuple[StepKind, tuple[tuple[str, str]
         chain.append((StepKind.SET_ATTR, (("attrs", attrs),)))
     chain.append((StepKind.ENSURE_MOUNTPOINT, target + (("mode", oct(m.mountpoint.mode)),)))
     chain.append((StepKind.RESOLVE_TARGET, target))
+    chain.append((StepKind.JOURNAL_ID, ()))
     chain.append((StepKind.MOVE_MOUNT, target))
+    chain.append((StepKind.VERIFY, target))
     chain.append((StepKind.SET_PROPAGATION, (("propagation", m.propagation.value),)))
     return chain
 
@@ -262,8 +264,8 @@ def test_step_graph_is_an_ordinary_digraph() -> None:
     assert type(graph) is nx.DiGraph
     assert all(graph.succ[u][v] is graph.pred[v][u] for u, v in graph.edges)
     for g in (graph, reference):
-        g.edges["a#07:set_propagation", "b#00:open_tree"]["weight"] = 2
-        g.add_edge("b#05:set_propagation", "extra")
+        g.edges["a#09:set_propagation", "b#00:open_tree"]["weight"] = 2
+        g.add_edge("b#07:set_propagation", "extra")
         g.remove_node("a#03:fsmount")
         g.nodes["root:r"]["seen"] = True
     assert _layout(graph) == _layout(reference)
