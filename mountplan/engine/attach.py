@@ -23,7 +23,7 @@ from mountplan._kernel import AtFlag, Fd, MountAttr, MoveMountFlag, OpenFlag, Op
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError, RootError
-from mountplan.livetable import LiveTable, read_live_table
+from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table, statmount_live
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec
 
 from .attrs import has_mount_setattr, set_attrs
@@ -73,6 +73,8 @@ class Attacher:
     live: LiveTable
     #: ids of mounts this plan instance owns (committed or made in this apply)
     ours: set[int] = field(default_factory=set)
+    #: mounts outside the roots looked up during this apply (the ones the roots lie on)
+    outside: dict[int, LiveMount] = field(default_factory=dict)
 
     def run_step(self, step: Step, spec: MountSpec, handles: Handles) -> None:
         """Run one step of ``spec``'s chain (a destroy step kind here is a compiler bug: KeyError)."""
@@ -297,7 +299,7 @@ class Attacher:
         ids = self.ctx.backend.statx_mount_ids(target.fileno())
         if ids.mnt_id in self.ours:
             return  # beneath one of our own mounts: its propagation is what the plan asked for
-        parent = find_mount(self.live, ids.mnt_id, ids.unique)
+        parent = self._mount_by_id(ids.mnt_id, ids.unique)
         if parent is None or parent.propagation is not KernelPropagation.SHARED:
             return
         raise ExecutionError(
@@ -307,6 +309,22 @@ class Attacher:
             f"a private bind of itself) or make that mount private (mount --make-rprivate {parent.mount_point})",
             step=f"{spec.name}:move_mount",
         )
+
+    def _mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None:
+        """A mount from the apply's table, which holds only what is beneath the roots; the
+        mount a root itself lies on is looked up once (statmount by id, else the full table)."""
+        found = find_mount(self.live, mnt_id, unique) or self.outside.get(mnt_id)
+        if found is not None:
+            return found
+        try:
+            found = statmount_live(mnt_id) if unique and self.live.source is TableSource.STATMOUNT else None
+        except KernelError:
+            found = None
+        if found is None:
+            found = find_mount(read_live_table(), mnt_id, unique)
+        if found is not None:
+            self.outside[mnt_id] = found
+        return found
 
     def _check_landed(self, spec: MountSpec, root: RootHandle, h: Handles, shown: str) -> None:
         """After attaching, look the target up beneath the root again: it must be our mount.
@@ -357,7 +375,7 @@ def clone_ids(ctx: Context, mnt: Fd, source_path: str, own_id: int) -> tuple[int
     """
     k = ctx.backend
     prefix = source_path.rstrip("/") or "/"
-    points = sorted({m.mount_point[len(prefix):].lstrip("/") for m in read_live_table().beneath(prefix)} - {""})
+    points = sorted({m.mount_point[len(prefix):].lstrip("/") for m in read_live_table(beneath=[prefix])} - {""})
     found: set[int] = set()
     for point in points:
         try:

@@ -194,6 +194,12 @@ class Engine:
         entry = next((m for m in state.mounts if m.name == PREFIX + name), None)
         return entry is not None and self.backend.statx_mount_ids(rootset[name].fileno()).mnt_id == entry.mnt_id
 
+    @staticmethod
+    def root_paths(rootset: RootSet) -> list[str]:
+        """Where the roots are: the live table is read only at and beneath them (a busy host's
+        other mounts cost nothing)."""
+        return [h.identity.path for h in rootset.values()]
+
     def _still_ours(self, managed: ManagedMount, rootset: RootSet, live: LiveTable) -> bool:
         """A 32-bit id in the table proves nothing: check the root of what is there (unique ids pass).
 
@@ -264,7 +270,8 @@ class Engine:
             store = self._store(plan, rootset)
             todo, journaled = describe_pending(store)
             state = self._load_or_new(store, plan, rootset)
-            changes = self._diff(plan, rootset, state, prune=prune, live=read_live_table(), journaled=journaled)
+            live = read_live_table(beneath=self.root_paths(rootset))
+            changes = self._diff(plan, rootset, state, prune=prune, live=live, journaled=journaled)
             problems = kernel_problems(self.ctx, plan, changes, rootset)
             return dataclasses.replace(changes, problems=problems, pending=todo) if problems or todo else changes
 
@@ -293,7 +300,7 @@ class Engine:
             store = self._store(plan, rootset)
             committed = store.load()
             state = committed or State(plan=plan.name, roots=self._root_json(rootset))
-            live = read_live_table()
+            live = read_live_table(beneath=self.root_paths(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live)
             saved = SavedPlan(
                 plan_name=plan.name,
@@ -328,7 +335,7 @@ class Engine:
                 recover_store(self.ctx, store, log)
                 committed = store.load()
                 state = committed or State(plan=plan.name, roots=self._root_json(rootset))
-                live = read_live_table()
+                live = read_live_table(beneath=self.root_paths(rootset))
                 saved.check_live(committed, self._snapshot(rootset, state, live))
                 changes = self._diff(plan, rootset, state, prune=saved.prune, live=live)
                 saved.check_changes(changes.to_json())

@@ -58,13 +58,13 @@ def update_in_place(ctx: Context, tx: Transaction, spec: MountSpec, root: RootHa
             _reconfigure(ctx, target.fileno(), options)
     finally:
         target.close()
-    _check_took(spec, change, ids.unique)
+    _check_took(spec, change, ids.unique, f"{root.identity.path.rstrip('/')}/{spec.target}")
 
 
-def _check_took(spec: MountSpec, change: Change, unique: bool) -> None:
+def _check_took(spec: MountSpec, change: Change, unique: bool, point: str) -> None:
     """Read the mount back: an update the kernel silently ignored is an error, never a success."""
     assert change.mnt_id is not None
-    table = read_live_table()
+    table = read_live_table(beneath=[point])
     live = find_mount(table, change.mnt_id, unique)
     if live is None:
         raise ExecutionError(f"mount {spec.name!r} vanished during its update", step=f"{spec.name}:update")
