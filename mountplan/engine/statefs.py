@@ -101,8 +101,8 @@ def open_in_dir(dir_fd: int, name: str, flags: int, shown: str) -> int:
     try:
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            raise
+        if exc.errno == errno.ENOENT and not flags & os.O_CREAT:
+            raise  # "no such file" is an answer when reading; when creating, the directory is unusable
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.ETXTBSY):
             with contextlib.suppress(OSError):
                 kind = file_kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)

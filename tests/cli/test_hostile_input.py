@@ -325,14 +325,9 @@ def _state_dir_cases(tmp_path: Path) -> dict[str, str]:
     }
 
 
-_NEEDS_STATE_FIX = pytest.mark.xfail(
-    reason="engine/state.py: creating the lock in /proc fails with ENOENT, which escapes untranslated", strict=False
-)
-
-
 @pytest.mark.mountns
 @pytest.mark.parametrize(
-    "case", ["regular-file", "device", pytest.param("procfs", marks=_NEEDS_STATE_FIX), "3000-components"]
+    "case", ["regular-file", "device", "procfs", "3000-components"]
 )
 def test_an_unusable_state_dir_is_a_state_error(tmp_path: Path, case: str) -> None:
     """`apply --state-dir X` where X cannot hold state: exit 7, no traceback, nothing mounted."""
