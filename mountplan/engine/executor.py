@@ -36,7 +36,7 @@ from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
-from .preflight import kernel_problems
+from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
@@ -106,6 +106,7 @@ class Engine:
         """Make every planned mount; undo everything on failure."""
         detect().require()
         detect().require(*required_for(plan))
+        require_overlay_keys(self.ctx, plan)
         warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
@@ -147,6 +148,7 @@ class Engine:
         """
         detect().require()
         detect().require(*required_for(plan))
+        require_overlay_keys(self.ctx, plan)
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
@@ -325,6 +327,7 @@ class Engine:
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
         detect().require(*required_for(plan))
+        require_overlay_keys(self.ctx, plan)
         compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
         paths.update(roots or {})

@@ -14,13 +14,43 @@ import errno
 import os
 
 from mountplan.changes import Action, ChangeSet
-from mountplan.errors import KernelError
+from mountplan.errors import FeatureMissingError, KernelError
 from mountplan.model import OVERLAY_PATH_KEYS, MountSpec, Plan
 
 from .context import Context
 from .roots import O_PATH_ANY, RootSet, resolve
 
 _NEW = {Action.CREATE, Action.REPLACE}
+#: overlayfs keys that only Linux 6.8+ knows (the legacy ``lowerdir=a:b`` works everywhere).
+_OVERLAY_6_8 = ("lowerdir+", "datadir+")
+
+
+def require_overlay_keys(ctx: Context, plan: Plan) -> None:
+    """Refuse, before any change, a plan whose overlay keys this kernel's overlayfs does not know.
+
+    The kernel is asked directly (an overlay context with ``lowerdir+=/`` set, never
+    created): a container's kernel or a backport may differ from its version number.
+    """
+    keys = sorted({o.key for m in plan.mounts if m.fs_type == "overlay" for o in m.options if o.key in _OVERLAY_6_8})
+    if not keys:
+        return
+    k = ctx.backend
+    try:
+        fs = k.fsopen("overlay")
+    except KernelError:
+        return  # no overlayfs or no capability: apply reports that itself, with its own words
+    try:
+        k.fsconfig_set_string(fs.fileno(), "lowerdir+", "/")
+    except KernelError as exc:
+        if exc.errno != errno.EINVAL:
+            return
+        raise FeatureMissingError(
+            "overlayfs lowerdir+", "6.8", errno.EINVAL, cause="old-kernel",
+            hint=f"this kernel's overlayfs does not know {', '.join(keys)} (Linux 6.8); give the layers as the "
+            "legacy `lowerdir: a:b` (relative layers are pinned beneath the root either way)",
+        ) from exc
+    finally:
+        fs.close()
 
 
 def kernel_problems(ctx: Context, plan: Plan, changes: ChangeSet, rootset: RootSet) -> tuple[str, ...]:
