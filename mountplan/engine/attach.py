@@ -28,7 +28,8 @@ from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, 
 
 from .attrs import has_mount_setattr, set_attrs
 from .context import Context
-from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, RootSet, resolve
+from .mountpoint import MountpointMaker, no_symlink
+from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
 from .unmount import find_mount
 
@@ -75,6 +76,10 @@ class Attacher:
     ours: set[int] = field(default_factory=set)
     #: mounts outside the roots looked up during this apply (the ones the roots lie on)
     outside: dict[int, LiveMount] = field(default_factory=dict)
+    maker: MountpointMaker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.maker = MountpointMaker(self.ctx, self.tx)
 
     def run_step(self, step: Step, spec: MountSpec, handles: Handles) -> None:
         """Run one step of ``spec``'s chain (a destroy step kind here is a compiler bug: KeyError)."""
@@ -115,7 +120,7 @@ class Attacher:
                 out.append(part)
                 continue
             if key in {"upperdir", "workdir"}:
-                self._make_path(spec, root, part, h, want_file=False, mode=0o755).close()
+                self.maker.make_path(spec, root, part, h.created, want_file=False, mode=0o755).close()
             layer = self.ctx.backend.openat2(root.fileno(), part, _LAYER, BENEATH, shown=f"{root.name}:{part}")
             h.extra.append(layer)
             out.append(f"/proc/self/fd/{layer.fileno()}")
@@ -174,76 +179,13 @@ class Attacher:
         )
         # The fd that proves the mountpoint exists is the resolved target: keep
         # it for move_mount rather than resolving the same path a second time.
-        h.target = self._make_path(
-            spec, root, spec.target, h, want_file=want_file, mode=spec.mountpoint.mode, create=spec.mountpoint.create
+        h.target = self.maker.make_path(
+            spec, root, spec.target, h.created, want_file=want_file, mode=spec.mountpoint.mode, create=spec.mountpoint.create
         )
 
     def _resolve_target(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         if h.target is None:  # else the mkdir step already holds it, resolved the same way
-            h.target = _no_symlink(resolve(self.ctx.backend, root, spec.target, O_PATH_ANY), f"{root.name}:{spec.target}")
-
-    def _make_path(
-        self, spec: MountSpec, root: RootHandle, path: str, h: Handles, *, want_file: bool, mode: int, create: bool = True
-    ) -> Fd:
-        """Create missing components of ``path`` beneath ``root``, journaling each one.
-
-        Returns an O_PATH fd of ``path``, resolved beneath the root; never a symlink.
-        """
-        parent_path, _, last = path.rpartition("/")
-        # Common case first: the parent exists (a target right under its root or
-        # under an earlier mount), so one openat2 probes and at most one mkdir follows.
-        try:
-            parent = resolve(self.ctx.backend, root, parent_path, O_PATH_DIR)
-        except KernelError as exc:
-            if exc.errno != errno.ENOENT or not create:
-                raise
-            return self._make_walk(spec, root, path, h, want_file=want_file, mode=mode)
-        try:
-            return self._make_one(spec, root, parent.fileno(), last, path, h, last=True, want_file=want_file,
-                                  mode=mode, create=create)
-        finally:
-            parent.close()
-
-    def _make_walk(self, spec: MountSpec, root: RootHandle, path: str, h: Handles, *, want_file: bool, mode: int) -> Fd:
-        """Walk ``path`` from the root one component at a time, creating what is missing."""
-        parts = path.split("/")
-        cur = resolve(self.ctx.backend, root, "", O_PATH_DIR)
-        try:
-            for i, part in enumerate(parts):
-                nxt = self._make_one(spec, root, cur.fileno(), part, "/".join(parts[: i + 1]), h,
-                                     last=i == len(parts) - 1, want_file=want_file, mode=mode, create=True)
-                cur.close()
-                cur = nxt
-        except BaseException:
-            cur.close()
-            raise
-        return cur
-
-    def _make_one(
-        self, spec: MountSpec, root: RootHandle, dirfd: int, part: str, sub: str, h: Handles,
-        *, last: bool, want_file: bool, mode: int, create: bool,
-    ) -> Fd:
-        """Open ``part`` in ``dirfd`` (beneath it, no symlinks), creating it first if missing."""
-        k = self.ctx.backend
-        shown = f"{root.name}:{sub}"
-        flags = O_PATH_ANY if last else O_PATH_DIR
-        if not create:
-            return _no_symlink(k.openat2(dirfd, part, flags, BENEATH, shown=shown), shown)
-        found = k.openat2_if_exists(dirfd, part, flags, BENEATH, shown=shown)
-        if found is not None:
-            return _no_symlink(found, shown)
-        op = "mkfile" if last and want_file else "mkdir"
-        # Journal before creating: a crash in between leaves a line whose path
-        # does not exist, which recovery skips; never an unrecorded directory.
-        item = self.tx.record(Undo(0, op, root.name, sub, mount=spec.name))
-        if op == "mkdir":
-            k.mkdirat(dirfd, part, mode if last else 0o755, shown=shown)
-        else:
-            _mkfile(dirfd, part, mode, shown)
-        st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
-        self.tx.created(item, st.st_dev, st.st_ino)
-        h.created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino})
-        return _no_symlink(k.openat2(dirfd, part, flags, BENEATH, shown=shown), shown)
+            h.target = no_symlink(resolve(self.ctx.backend, root, spec.target, O_PATH_ANY), f"{root.name}:{spec.target}")
 
     # ---------------------------------------------------------------- attach
 
@@ -389,22 +331,6 @@ def clone_ids(ctx: Context, mnt: Fd, source_path: str, own_id: int) -> tuple[int
         finally:
             fd.close()
     return tuple(sorted(found - {own_id}))
-
-
-def _no_symlink(fd: Fd, shown: str) -> Fd:
-    """openat2 with O_PATH|O_NOFOLLOW opens a final symlink itself; a mountpoint must not be one."""
-    if stat.S_ISLNK(os.fstat(fd.fileno()).st_mode):
-        fd.close()
-        raise KernelError(errno.ELOOP, "openat2", paths=[shown], hint="the target is a symlink, which is refused inside a root")
-    return fd
-
-
-def _mkfile(dirfd: int, name: str, mode: int, shown: str) -> None:
-    try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666, dir_fd=dirfd)
-    except OSError as exc:
-        raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_CREAT|O_EXCL") from None
-    os.close(fd)
 
 
 _STEP_HANDLERS: dict[StepKind, Callable[[Attacher, Step, MountSpec, RootHandle, Handles], None]] = {

@@ -106,7 +106,7 @@ class Engine:
         """Make every planned mount; undo everything on failure."""
         detect().require()
         detect().require(*required_for(plan))
-        require_overlay_keys(self.ctx, plan)
+        require_overlay_keys(plan)
         warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
@@ -148,7 +148,7 @@ class Engine:
         """
         detect().require()
         detect().require(*required_for(plan))
-        require_overlay_keys(self.ctx, plan)
+        require_overlay_keys(plan)
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
@@ -313,6 +313,7 @@ class Engine:
                 state_digest=state_digest(committed),
                 live=tuple(self._snapshot(rootset, state, live)),
                 changes=changes.to_json(),
+                state_dir=os.path.abspath(self.state_dir),
             )
         return saved, changes
 
@@ -321,13 +322,17 @@ class Engine:
 
         Roots are the saved paths unless ``roots`` overrides them (a path or an
         fd); either way each must still be the same directory (device, inode).
+        This engine's state directory must be the one the plan was saved with
+        (StalePlanError naming it otherwise): callers pass ``saved.state_dir``
+        unless they were told another.
         """
         from mountplan import loader
 
+        saved.check_state_dir(self.state_dir)
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
         detect().require(*required_for(plan))
-        require_overlay_keys(self.ctx, plan)
+        require_overlay_keys(plan)
         compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
         paths.update(roots or {})

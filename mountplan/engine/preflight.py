@@ -11,8 +11,10 @@ what ``plan`` adds.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 
+from mountplan import _kernel
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import FeatureMissingError, KernelError
 from mountplan.model import OVERLAY_PATH_KEYS, MountSpec, Plan
@@ -25,32 +27,37 @@ _NEW = {Action.CREATE, Action.REPLACE}
 _OVERLAY_6_8 = ("lowerdir+", "datadir+")
 
 
-def require_overlay_keys(ctx: Context, plan: Plan) -> None:
+def require_overlay_keys(plan: Plan) -> None:
     """Refuse, before any change, a plan whose overlay keys this kernel's overlayfs does not know.
 
     The kernel is asked directly (an overlay context with ``lowerdir+=/`` set, never
     created): a container's kernel or a backport may differ from its version number.
+    It is a question, not part of the transaction, so it bypasses the backend.
     """
     keys = sorted({o.key for m in plan.mounts if m.fs_type == "overlay" for o in m.options if o.key in _OVERLAY_6_8})
-    if not keys:
+    if not keys or overlay_accepts("lowerdir+") is not False:
         return
-    k = ctx.backend
+    raise FeatureMissingError(
+        "overlayfs lowerdir+", "6.8", errno.EINVAL, cause="old-kernel",
+        hint=f"this kernel's overlayfs does not know {', '.join(keys)} (Linux 6.8); give the layers as the "
+        "legacy `lowerdir: a:b` (relative layers are pinned beneath the root either way)",
+    )
+
+
+@functools.cache
+def overlay_accepts(key: str) -> bool | None:
+    """Whether overlayfs takes ``key`` (None: cannot tell here, e.g. no overlayfs or no capability)."""
     try:
-        fs = k.fsopen("overlay")
+        fs = _kernel.fsopen("overlay")
     except KernelError:
-        return  # no overlayfs or no capability: apply reports that itself, with its own words
+        return None
     try:
-        k.fsconfig_set_string(fs.fileno(), "lowerdir+", "/")
+        _kernel.fsconfig_set_string(fs.fileno(), key, "/")
     except KernelError as exc:
-        if exc.errno != errno.EINVAL:
-            return
-        raise FeatureMissingError(
-            "overlayfs lowerdir+", "6.8", errno.EINVAL, cause="old-kernel",
-            hint=f"this kernel's overlayfs does not know {', '.join(keys)} (Linux 6.8); give the layers as the "
-            "legacy `lowerdir: a:b` (relative layers are pinned beneath the root either way)",
-        ) from exc
+        return False if exc.errno == errno.EINVAL else None
     finally:
         fs.close()
+    return True
 
 
 def kernel_problems(ctx: Context, plan: Plan, changes: ChangeSet, rootset: RootSet) -> tuple[str, ...]:
