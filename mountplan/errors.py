@@ -8,12 +8,15 @@
     ├── PlanError                       the plan is invalid; carries every Diagnostic
     ├── CompileError                    the plan cannot be ordered (cycle, conflict)
     ├── RootError                       a root is missing, not a directory, unusable
-    ├── ExecutionError                  a step failed; carries the step, the cause and
-    │                                   what rollback left behind
-    ├── BusyError(ExecutionError)       an unmount hit EBUSY; names the holders
+    ├── ExecutionError                  a step failed; carries the step, the cause
+    │   │                               (``.cause``) and what rollback left behind
+    │   └── BusyError                   an unmount hit EBUSY; names the holders
     ├── LockError                       another mountplan holds the state lock
     ├── StateError                      the state file is unreadable or inconsistent
-    └── StalePlanError                  a saved plan no longer matches the live table
+    └── StalePlanError                  a saved plan no longer matches the live table,
+                                        mountplan's state or a root
+
+Each class's ``exit_code`` is the exit code the CLI uses for it (docs/cli.md).
 
 This module imports nothing from mountplan so every layer may raise these.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "BusyError",
@@ -43,7 +46,7 @@ class MountplanError(Exception):
     """Base class of every error mountplan raises on purpose."""
 
     #: Process exit code the CLI uses for this kind of error (see docs/cli.md).
-    exit_code: int = 1
+    exit_code: ClassVar[int] = 1
 
 
 class KernelError(MountplanError, OSError):
@@ -55,6 +58,17 @@ class KernelError(MountplanError, OSError):
     """
 
     exit_code = 4
+
+    #: The syscall (or operation) that failed, such as ``"fsconfig"``.
+    op: str
+    #: The paths it was given.
+    paths: tuple[str, ...]
+    #: Its flags, as text (``"MOUNT_ATTR_RDONLY|..."``), or ``""``.
+    flags: str
+    #: What the kernel logged in the filesystem context (fsopen's log).
+    kernel_messages: tuple[str, ...]
+    #: A likely fix for an errno with a well-known cause, or ``""``.
+    hint: str
 
     def __init__(
         self,
@@ -116,6 +130,13 @@ class FeatureMissingError(KernelError):
 
     exit_code = 5
 
+    #: The syscall that is unusable, such as ``"open_tree"``.
+    syscall: str
+    #: The Linux version that has it.
+    since: str
+    #: Why it is unusable: one of the words above.
+    cause: str
+
     def __init__(
         self,
         syscall: str,
@@ -164,6 +185,9 @@ class PlanError(MountplanError):
 
     exit_code = 2
 
+    #: Every problem found, in file order (``mountplan.loader.Diagnostic``).
+    diagnostics: tuple[Any, ...]
+
     def __init__(self, diagnostics: Sequence[Any]) -> None:
         self.diagnostics = tuple(diagnostics)
         super().__init__("\n".join(str(d) for d in self.diagnostics) or "invalid plan")
@@ -184,17 +208,41 @@ class RootError(MountplanError):
 class ExecutionError(MountplanError):
     """A step failed during apply or destroy.
 
-    ``step`` names the failed step, ``cause`` is the underlying error, and
+    ``step`` names the failed step, :attr:`cause` is the underlying error, and
     ``leftovers`` lists what rollback could not undo (empty when the system is
     back where it started).
     """
 
     exit_code = 4
 
-    def __init__(self, message: str, *, step: str = "", leftovers: Sequence[str] = ()) -> None:
+    #: The failed step, such as ``"tools:attach"``, or ``""`` when no single step failed.
+    step: str
+    #: What rollback could not undo; empty when the system is back where it started.
+    leftovers: tuple[str, ...]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str = "",
+        leftovers: Sequence[str] = (),
+        cause: BaseException | None = None,
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.leftovers = tuple(leftovers)
+        self._cause = cause
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The underlying error: the one given as ``cause=``, else ``__cause__``.
+
+        ``__cause__`` is set by ``raise ExecutionError(...) from exc``, as the
+        engine raises a failed step (the :class:`KernelError` of the syscall that
+        failed). ``None`` when the failure has no underlying exception (a mount
+        that is not the one mountplan made, a journal it cannot undo).
+        """
+        return self._cause if self._cause is not None else self.__cause__
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -208,10 +256,19 @@ class ExecutionError(MountplanError):
 class BusyError(ExecutionError):
     """An unmount failed with EBUSY; ``holders`` names the processes that hold it."""
 
+    #: The processes that hold the mount (``"pid 1234 (bash): cwd"``).
+    holders: tuple[str, ...]
+
     def __init__(
-        self, message: str, *, step: str = "", holders: Sequence[str] = (), leftovers: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        step: str = "",
+        holders: Sequence[str] = (),
+        leftovers: Sequence[str] = (),
+        cause: BaseException | None = None,
     ) -> None:
-        super().__init__(message, step=step, leftovers=leftovers)
+        super().__init__(message, step=step, leftovers=leftovers, cause=cause)
         self.holders = tuple(holders)
 
 
