@@ -118,7 +118,11 @@ def apply_saved(
     state_dir: StrPath | None = None,
     lock_timeout: float = 30.0,
 ) -> ApplyResult:
-    """Apply a plan saved by :func:`save_plan` exactly, or raise StalePlanError and change nothing."""
+    """Apply a plan saved by :func:`save_plan` exactly, or raise StalePlanError and change nothing.
+
+    The state directory is the one the plan was saved with unless ``state_dir``
+    is given; a different one raises StalePlanError naming the recorded one.
+    """
     from mountplan.engine.saved import read_saved_plan
 
     saved = read_saved_plan(os.fspath(path))
@@ -127,7 +131,7 @@ def apply_saved(
         from mountplan.loader import Diagnostic, Severity
 
         raise PlanError([Diagnostic(os.fspath(path), 1, 1, Severity.ERROR, "not a saved plan (see `mountplan plan -o`)")])
-    return Engine(state_dir=_dir(state_dir), lock_timeout=lock_timeout).apply_saved(saved, _roots(roots))
+    return Engine(state_dir=_dir(state_dir) or saved.state_dir, lock_timeout=lock_timeout).apply_saved(saved, _roots(roots))
 
 
 def apply(

@@ -139,6 +139,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if saved is not None:
         if args.prune:
             raise UsageError("apply: --prune belongs to `mountplan plan -o FILE`; a saved plan applies what it says")
+        _use_saved_state_dir(args, saved)
         result = _engine(args).apply_saved(saved, _roots(args))
     else:
         result = _engine(args).apply(_load(args.plan), _roots(args), prune=args.prune)
@@ -148,6 +149,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
     )
     _emit(args, _apply_data(result), text)
     return EXIT_OK
+
+
+def _use_saved_state_dir(args: argparse.Namespace, saved: Any) -> None:
+    """A saved plan's state is where `plan -o` found it: that directory, unless --state-dir says
+    another, which is refused (exit 2) when it is not the same directory: its state is not this plan's."""
+    import shlex
+
+    from mountplan.engine.saved import same_dir
+
+    if args.state_dir is None:
+        args.state_dir = saved.state_dir  # None in a format 1 saved plan: the default, as before
+    elif saved.state_dir is not None and not same_dir(args.state_dir, saved.state_dir):
+        raise UsageError(
+            f"apply: this saved plan's state lives in {saved.state_dir}, not --state-dir {args.state_dir}; "
+            f"run `mountplan apply {shlex.quote(args.plan)}` without --state-dir, "
+            f"or plan again with --state-dir {args.state_dir}"
+        )
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -197,7 +215,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except OSError as exc:  # checked above; this is a race or a full disk
             raise UsageError(f"plan -o {args.out}: cannot write the saved plan: {exc.strerror or exc}") from None
         if not args.json:
-            out(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n    mountplan apply {args.out}\n")
+            import shlex  # the hint is a command that works as printed (the state dir is in the file)
+
+            out(f"\nSaved this plan to {args.out}. To carry out exactly these changes, run:\n"
+                f"    mountplan apply {shlex.quote(args.out)}\n")
     if changes.problems:
         return EXIT_KERNEL_REFUSES  # apply would fail: say so now, not half-way through
     return EXIT_CHANGES if args.detailed_exitcode and changes.has_changes else EXIT_OK

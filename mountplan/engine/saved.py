@@ -5,6 +5,9 @@ applying it later does exactly what the reviewer saw or nothing at all:
 
 * the plan's own YAML text (editing the plan file afterwards changes nothing);
 * each root's path and identity (device and inode of the directory);
+* the state directory that state lives in (absolute, as given to ``plan -o``):
+  ``apply FILE`` uses it unless told another, and a different one is refused
+  by name rather than reported as a state that moved on;
 * a digest of mountplan's state file for this plan instance;
 * a snapshot of every live mount at or beneath a root, plus the mounts the
   state file names (unique id, mount point, type, source, options, attributes,
@@ -33,7 +36,9 @@ from mountplan.livetable import LiveMount, LiveTable
 from .state import State, write_atomic
 
 KIND = "mountplan/saved-plan"
-FORMAT_VERSION = 1
+#: 2: the plan records its state directory (``state_dir``); format 1 files still read, without one.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 #: A saved plan is a JSON document; anything larger is not one of ours.
 MAX_SAVED_BYTES = 64 * 1024 * 1024
@@ -122,8 +127,24 @@ class SavedPlan:
     state_digest: str
     live: tuple[Mapping[str, Any], ...]
     changes: Mapping[str, Any]  # ChangeSet.to_json()
+    #: Absolute path of the state directory the plan was computed against (None: a format 1 file).
+    state_dir: str | None = None
 
     # ------------------------------------------------------------------ checks
+
+    def check_state_dir(self, state_dir: str) -> None:
+        """Refuse, naming the recorded directory, when ``state_dir`` is not the one the plan was saved with.
+
+        Compared as resolved paths (a path through a symlinked parent is the same directory).
+        Its state is elsewhere, so the digest would differ for no reason anyone
+        did; this says what is actually wrong.
+        """
+        if self.state_dir is not None and not same_dir(self.state_dir, state_dir):
+            raise StalePlanError(
+                f"saved plan for {self.plan_name!r} was not applied, nothing was changed: "
+                f"this saved plan's state lives in {self.state_dir}; run with --state-dir {self.state_dir} "
+                f"(not {state_dir}), or plan again with --state-dir {state_dir}"
+            )
 
     def check_roots(self, identities: Mapping[str, Mapping[str, Any]]) -> None:
         """Refuse when a root is now a different directory than when the plan was made."""
@@ -142,7 +163,11 @@ class SavedPlan:
         """Refuse when the state file or the mounts beneath the roots changed since the plan was made."""
         problems: list[str] = []
         if state_digest(state) != self.state_digest:
-            problems.append("mountplan's state for this plan changed (another apply, destroy or recover ran)")
+            problems.append(
+                "mountplan's state for this plan changed (another apply, destroy or recover ran"
+                + (")" if self.state_dir is not None else
+                   ", or --state-dir is not the one it was saved with: a format 1 saved plan does not record it)")
+            )
         differences = _changed([dict(r) for r in self.live], live)
         if differences:
             shown = differences[:8] + ([f"... and {len(differences) - 8} more"] if len(differences) > 8 else [])
@@ -176,6 +201,7 @@ class SavedPlan:
             },
             "roots": {k: dict(v) for k, v in sorted(self.roots.items())},
             "prune": self.prune,
+            "state_dir": self.state_dir,
             "state_digest": self.state_digest,
             "live": [dict(r) for r in self.live],
             "changes": dict(self.changes),
@@ -190,14 +216,18 @@ class SavedPlan:
 
         if not isinstance(data, dict) or data.get("kind") != KIND:
             raise bad(f"'kind' is not {KIND!r}")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise bad(f"format_version {data.get('format_version')!r}; this mountplan reads {FORMAT_VERSION}")
+        version = data.get("format_version")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise bad(f"format_version {version!r}; this mountplan reads {', '.join(map(str, READABLE_VERSIONS))}")
         try:
             plan = data["plan"]
             text = str(plan["text"])
             if hashlib.sha256(text.encode()).hexdigest() != plan["sha256"]:
                 raise bad("the embedded plan text does not match its sha256 (edited by hand?)")
             roots = {str(k): {"path": str(v["path"]), "dev": int(v["dev"]), "ino": int(v["ino"])} for k, v in data["roots"].items()}
+            state_dir = data["state_dir"] if version >= 2 else None
+            if state_dir is not None and not (isinstance(state_dir, str) and os.path.isabs(state_dir)):
+                raise bad(f"state_dir {str(state_dir)[:60]!r} is not an absolute path")
             return cls(
                 plan_name=str(plan["name"]),
                 plan_file=str(plan["file"]),
@@ -207,6 +237,7 @@ class SavedPlan:
                 state_digest=str(data["state_digest"]),
                 live=tuple(_check_record(r) for r in data["live"]),
                 changes=dict(data["changes"]),
+                state_dir=state_dir,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise bad(f"missing or malformed field ({exc!r})") from None
@@ -218,6 +249,11 @@ class SavedPlan:
         (a device, a directory, a FIFO) or cannot be written; nothing is left behind.
         """
         write_atomic(path, (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode(), 0o644)
+
+
+def same_dir(a: str, b: str) -> bool:
+    """Whether two state-directory paths name the same directory (resolved; neither need exist)."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def read_saved_plan(path: str) -> SavedPlan | None:
