@@ -147,7 +147,7 @@ def test_rollback_blocked_by_busy_mount_is_finished_by_recover(root_dir: str, tm
         engine.apply(PLAN, {"r": root_dir})
     err = info.value
     assert backend.holder is not None
-    assert err.step == "last#06:move_mount" and "Rollback was incomplete" in str(err)
+    assert err.step == "last#07:move_mount" and "Rollback was incomplete" in str(err)
     # The mount, its mountpoint (still covered by it) and the directory above that (not empty).
     assert len(err.leftovers) == 3, err.leftovers
     assert "mount 'leaf' at r:leaf/dir" in err.leftovers[0] and f"pid {backend.holder.pid}" in err.leftovers[0]
