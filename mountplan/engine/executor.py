@@ -88,10 +88,18 @@ class Engine:
         lazy: bool = False,
     ) -> None:
         self.backend: Any = backend if backend is not None else KernelBackend()
-        self.state_dir = state_dir or default_state_dir()
+        self._state_dir = state_dir
         self.lock_timeout = lock_timeout
         self.lazy = lazy
         self.ctx = Context(self.backend, lazy)
+
+    @property
+    def state_dir(self) -> str:
+        """Where state lives; the default is looked up on first use, so an error in a root
+        (checked first) is reported before one about the state directory."""
+        if self._state_dir is None:
+            self._state_dir = default_state_dir()
+        return self._state_dir
 
     # ================================================================== public
 
