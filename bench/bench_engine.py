@@ -117,9 +117,10 @@ def run_same(root: str, count: int, k: object = _kernel) -> tuple[float, float]:
     """Exactly the kernel calls the engine makes through its backend, in the same order, in a plain loop.
 
     Apply, per mount: fsopen, fsconfig source and size, create, fsmount, openat2 probe of the
-    target (None: absent), mkdirat, openat2 of the new directory, statx of the detached mount's id,
-    move_mount, mount_setattr (propagation). Destroy: statx of the mount id at the target,
-    umount, rmdir. ``check_same_calls`` verifies this is what the engine calls.
+    target (None: absent), mkdirat, openat2 of the new directory, statx of the mount it lies on,
+    statx of the detached mount's id, move_mount, openat2 + statx (landed beneath the root),
+    mount_setattr (propagation). Destroy: statx of the mount id at the target, umount, statx
+    again (ours gone), rmdir. ``check_same_calls`` verifies this is what the engine calls.
     """
     kk: Any = k
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -136,13 +137,17 @@ def run_same(root: str, count: int, k: object = _kernel) -> tuple[float, float]:
                 found.close()
             kk.mkdirat(rootfd, name, 0o755)
             with kk.openat2(rootfd, name, _ANY, BENEATH) as target:
-                kk.statx_mount_ids(mnt.fileno())
+                kk.statx_mount_ids(target.fileno())  # the mount the target lies on (shared?)
+                kk.statx_mount_ids(mnt.fileno())  # our id, journaled before attaching
                 kk.move_mount(mnt.fileno(), "", target.fileno(), "", MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH)
+            with kk.openat2(rootfd, name, _ANY, BENEATH) as check:  # landed beneath the root?
+                kk.statx_mount_ids(check.fileno())
             kk.mount_setattr(mnt.fileno(), "", AtFlag.EMPTY_PATH, propagation=Propagation.PRIVATE)
     t1 = time.perf_counter()
     for name in reversed(names):
         kk.statx_mount_ids(rootfd, name, AtFlag.SYMLINK_NOFOLLOW)
         kk.umount_at(rootfd, name, UmountFlag.NOFOLLOW)
+        kk.statx_mount_ids(rootfd, name, AtFlag.SYMLINK_NOFOLLOW)  # ours gone, not a stacked one
         os.rmdir(name, dir_fd=rootfd)
     t2 = time.perf_counter()
     os.close(rootfd)
