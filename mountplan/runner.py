@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog.stdlib
+
 from mountplan._kernel.fd import Fd
 from mountplan._kernel.features import REQUIRED, Availability, detect
 from mountplan._kernel.namespaces import (
@@ -62,7 +64,7 @@ from mountplan.model import Plan
 
 __all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "FORWARDED_SIGNALS", "run"]
 
-log = structured_logger(logging.getLogger("mountplan"))
+_events: structlog.stdlib.BoundLogger = structured_logger(logging.getLogger("mountplan"))
 
 #: Shell conventions (POSIX ``sh``): the command exists but cannot be executed.
 EXIT_CANNOT_EXECUTE = 126
@@ -223,7 +225,7 @@ def _run_here(
     *,
     pid_one: bool,
 ) -> int:
-    rlog = log.bind(plan=plan.name, command=command.argv[0])
+    rlog = _events.bind(plan=plan.name, command=command.argv[0])
     # Opened before apply: a missing chroot fails before anything is mounted, and
     # the fd still sees the mounts made beneath it later.
     chroot_fd, owned = _open_chroot(plan, roots, command.chroot)

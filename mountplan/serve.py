@@ -28,8 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
+import structlog.stdlib
 
+from mountplan._log import structured_logger
 from mountplan.engine import ApplyResult, Engine
 from mountplan.errors import ExecutionError, LockError, MountplanError
 from mountplan.model import Plan
@@ -44,7 +45,7 @@ MAX_MESSAGE = 65536
 MAX_FDS = 16
 
 _stdlib_log = logging.getLogger("mountplan")
-log = structlog.wrap_logger(_stdlib_log)
+_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -140,7 +141,7 @@ class Server:
                  lock_timeout: float = 30.0, lazy: bool = False) -> None:
         self.plan = plan
         self.path = path
-        self.engine = engine or Engine(state_dir=state_dir, lock_timeout=lock_timeout, lazy=lazy)
+        self.engine: Engine = engine or Engine(state_dir=state_dir, lock_timeout=lock_timeout, lazy=lazy)
         self._listener: socket.socket | None = None
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._lock = threading.Lock()
@@ -165,7 +166,7 @@ class Server:
             os.umask(old)
         listener.listen(64)
         self._listener = listener
-        log.info("serve.listening", socket=self.path, plan=self.plan.name, pid=os.getpid())
+        _events.info("serve.listening", socket=self.path, plan=self.plan.name, pid=os.getpid())
 
     def serve_forever(self) -> None:
         """Accept clients until :meth:`stop`; then tear down every action and remove the socket."""
@@ -206,7 +207,7 @@ class Server:
             thread.join()
         os.close(self._wake_read)
         os.close(self._wake_write)
-        log.info("serve.stopped", socket=self.path)
+        _events.info("serve.stopped", socket=self.path)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -217,7 +218,7 @@ class Server:
         number = next(self._numbers)
         pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid not in (0, os.geteuid()):
-            log.warning("serve.refused", client=number, peer_pid=pid, peer_uid=uid)
+            _events.warning("serve.refused", client=number, peer_pid=pid, peer_uid=uid)
             with contextlib.suppress(OSError):
                 sock.sendmsg([_encode({
                     "format_version": FORMAT_VERSION, "ok": False,
@@ -237,7 +238,7 @@ class Server:
     def _serve_client(self, number: int, sock: socket.socket, pid: int) -> None:
         actions: dict[str, _Action] = {}
         counter = itertools.count(1)
-        log.debug("serve.client", client=number, peer_pid=pid)
+        _events.debug("serve.client", client=number, peer_pid=pid)
         try:
             while True:
                 try:
@@ -289,9 +290,9 @@ class Server:
                 self._end(actions.pop(wanted), reason="request")
                 return _encode({**base, "ok": True, "action": wanted})
             raise _BadRequest(f"unknown op {op!r} (one of: apply, destroy, ping)")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply; unexpected ones are logged
             if not isinstance(exc, MountplanError | _BadRequest):
-                log.exception("serve.internal_error", client=number)
+                _events.exception("serve.internal_error", client=number)
             return _encode({**base, "ok": False, "error": _error(exc)})
         finally:
             if not kept:
@@ -320,7 +321,7 @@ class Server:
             _close_all(fds)
             raise
         actions[action.action_id] = action
-        log.info("serve.applied", client=number, action=action.action_id, created=len(result.created))
+        _events.info("serve.applied", client=number, action=action.action_id, created=len(result.created))
         return action.action_id, result
 
     def _release(self, action: _Action) -> None:
@@ -333,11 +334,11 @@ class Server:
         try:
             action.close()
         except Exception as exc:
-            log.error("serve.destroy_failed", action=action.action_id, reason=reason, error=str(exc))
+            _events.error("serve.destroy_failed", action=action.action_id, reason=reason, error=str(exc))
             if reason == "request":
                 raise
         else:
-            log.info("serve.destroyed", action=action.action_id, reason=reason)
+            _events.info("serve.destroyed", action=action.action_id, reason=reason)
         finally:
             self._release(action)
 

@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog.stdlib
+
 from mountplan._kernel.fanotify import MountEvent, open_mount_namespace_watch, read_mount_events
 from mountplan._log import structured_logger
 from mountplan.changes import ChangeSet
@@ -67,7 +69,7 @@ _TRIGGER_LIMIT = 16
 _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
 
-log = structured_logger(logging.getLogger("mountplan"))
+_events: structlog.stdlib.BoundLogger = structured_logger(logging.getLogger("mountplan"))
 
 
 class Mechanism(enum.Enum):
@@ -379,7 +381,7 @@ def watch(
     error_delay = 0.0
     resync_at = None if not resync_interval else clock() + resync_interval
     try:
-        log.info("watch.started", plan=plan.name, mechanism=sources.mechanism.value, fallback=sources.fallback or None)
+        _events.info("watch.started", plan=plan.name, mechanism=sources.mechanism.value, fallback=sources.fallback or None)
         emit(
             EventKind.WATCHING, roots={k: str(v) for k, v in sorted(roots.items())}, reconcile=reconcile,
             fallback=sources.fallback or None, policy=policy.to_json() if reconcile else None,
@@ -397,7 +399,7 @@ def watch(
                 error_at = clock() + error_delay
                 if str(exc) != last_error:
                     last_error = str(exc)
-                    log.warning("watch.error", plan=plan.name, error=last_error)
+                    _events.warning("watch.error", plan=plan.name, error=last_error)
                     emit(
                         EventKind.ERROR, trigger=trigger, error=last_error, error_type=type(exc).__name__,
                         retry_in=error_delay,
@@ -414,7 +416,7 @@ def watch(
                 elif fingerprint != last_seen:
                     governor.on_drift(now)
                     counts["drift_events"] += 1
-                    log.warning("watch.drift", plan=plan.name, summary=changes.summary(), foreign=len(changes.foreign))
+                    _events.warning("watch.drift", plan=plan.name, summary=changes.summary(), foreign=len(changes.foreign))
                     emit(EventKind.DRIFT, trigger=trigger, changes=changes, drift=changes.has_drift)
                 last_seen = fingerprint
                 if reconcile and changes.has_changes:
@@ -429,7 +431,7 @@ def watch(
                             counts["failed_applies"] += 1
                             now = clock()
                             pending = governor.earliest(now)
-                            log.warning("watch.reconcile_failed", plan=plan.name, error=str(exc))
+                            _events.warning("watch.reconcile_failed", plan=plan.name, error=str(exc))
                             emit(
                                 EventKind.RECONCILE_FAILED, error=str(exc), error_type=type(exc).__name__,
                                 apply_started=started, apply_seconds=round(now - started, 6),
@@ -438,7 +440,7 @@ def watch(
                         else:
                             counts["applies"] += 1
                             now = clock()
-                            log.info(
+                            _events.info(
                                 "watch.reconciled", plan=plan.name, created=result.created,
                                 updated=result.updated, replaced=result.replaced,
                             )
@@ -454,7 +456,7 @@ def watch(
                     elif pending is None:
                         pending = due
                         counts["throttled"] += 1
-                        log.warning("watch.throttled", plan=plan.name, retry_in=round(due - now, 3))
+                        _events.warning("watch.throttled", plan=plan.name, retry_in=round(due - now, 3))
                         emit(
                             EventKind.THROTTLED, retry_in=round(due - now, 3), streak=governor.streak,
                             applies_in_window=governor.in_window(now),
@@ -483,7 +485,7 @@ def watch(
                 continue
             break  # stop was set
         emit(EventKind.STOPPED)
-        log.info("watch.stopped", plan=plan.name)
+        _events.info("watch.stopped", plan=plan.name)
         return _result(sources.mechanism, counts)
     finally:
         sources.close()

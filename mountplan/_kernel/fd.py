@@ -21,7 +21,7 @@ class Fd:
         if fd < 0:
             raise ValueError(f"invalid fd {fd}")
         self._fd: int | None = fd
-        self.label = label
+        self.label: str = label
 
     def fileno(self) -> int:
         """The descriptor number; ValueError once closed or detached."""

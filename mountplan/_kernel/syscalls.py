@@ -389,8 +389,8 @@ class MountIds:
     __slots__ = ("mnt_id", "unique")
 
     def __init__(self, mnt_id: int, unique: bool) -> None:
-        self.mnt_id = mnt_id
-        self.unique = unique
+        self.mnt_id: int = mnt_id
+        self.unique: bool = unique
 
     def __repr__(self) -> str:
         return f"MountIds(mnt_id={self.mnt_id}, unique={self.unique})"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import structlog.stdlib
+
 from mountplan._log import structured_logger
 from mountplan.changes import Action, ChangeSet
 from mountplan.compiler import CompiledPlan, Step
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .executor import Engine
 
 _stdlib_log = logging.getLogger("mountplan")
-log = structured_logger(_stdlib_log)
+_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
 
 
 def _enabled(level: int) -> bool:
@@ -47,7 +49,7 @@ engine: Engine,
     planned: tuple[ChangeSet, LiveTable] | None = None,
 ) -> ApplyResult:
     """Carry out the changes (computed now unless ``planned`` gives them and the table they came from)."""
-    plog = log.bind(plan=plan.name)
+    plog = _events.bind(plan=plan.name)
     if planned is None:
         live = read_live_table(beneath=engine.root_paths(rootset))
         changes = engine._diff(plan, rootset, state, prune=prune, live=live)

@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import structlog.stdlib
+
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
 from mountplan._log import structured_logger
@@ -51,7 +53,7 @@ __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_
 # embedding program sees only warnings (stdlib's last-resort handler) until it
 # sets up logging itself. The library never configures structlog.
 _stdlib_log = logging.getLogger("mountplan")
-log = structured_logger(_stdlib_log)
+_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
 
 
 def _enabled(level: int) -> bool:
@@ -64,7 +66,7 @@ def warn_machine_wide(plan: Plan) -> None:
     """Warn before a cgroup2 mount from the initial cgroup namespace: its options change the whole machine."""
     cgroup2 = [m.name for m in plan.mounts if m.fs_type == "cgroup2"]
     if cgroup2 and in_initial_cgroup_namespace():
-        log.warning(
+        _events.warning(
             "cgroup2.machine_wide", mounts=cgroup2,
             hint="a cgroup2 mount from the initial cgroup namespace rewrites the machine-wide cgroup2 options "
             "(nsdelegate, memory_recursiveprot) for every cgroup2 mount; mount it from a new cgroup namespace "
@@ -89,9 +91,9 @@ class Engine:
     ) -> None:
         self.backend: Any = backend if backend is not None else KernelBackend()
         self._state_dir = state_dir
-        self.lock_timeout = lock_timeout
-        self.lazy = lazy
-        self.ctx = Context(self.backend, lazy)
+        self.lock_timeout: float = lock_timeout
+        self.lazy: bool = lazy
+        self.ctx: Context = Context(self.backend, lazy)
 
     @property
     def state_dir(self) -> str:
@@ -120,7 +122,7 @@ class Engine:
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
-                recover_store(self.ctx, store, log)
+                recover_store(self.ctx, store, _events)
                 state = self._load_or_new(store, plan, rootset)
                 return apply_locked(self, plan, compiled, rootset, store, state, prune)
 
@@ -131,7 +133,7 @@ class Engine:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
                 if not is_unfinished_destroy(store):  # else this destroy is exactly what finishes it
-                    recover_store(self.ctx, store, log)
+                    recover_store(self.ctx, store, _events)
                 state = store.load()
                 if state is None:
                     return DestroyResult(plan.name, (), ())
@@ -140,7 +142,7 @@ class Engine:
                 store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
                 store.journal_write({"op": "destroy"})
                 store.journal_close(remove=False)
-                result = destroy_locked(self.ctx, plan.name, state, rootset, store, log)
+                result = destroy_locked(self.ctx, plan.name, state, rootset, store, _events)
                 store.journal_close(remove=True)
                 return result
 
@@ -161,7 +163,7 @@ class Engine:
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
-                recover_store(self.ctx, store, log)
+                recover_store(self.ctx, store, _events)
                 state = self._load_or_new(store, plan, rootset)
                 result = apply_locked(self, plan, compiled, rootset, store, state, False)
                 store.journal_open({"plan": plan.name, "roots": self._root_json(rootset)})
@@ -172,7 +174,7 @@ class Engine:
                 finally:
                     committed = store.load()
                     if committed is not None:
-                        destroy_locked(self.ctx, plan.name, committed, rootset, store, log)
+                        destroy_locked(self.ctx, plan.name, committed, rootset, store, _events)
                     store.journal_close(remove=True)
 
     def recover(self, key: str | None = None) -> RecoverResult:
@@ -185,7 +187,7 @@ class Engine:
                 # A run holds its instance for the command's whole life: a held
                 # lock means a live owner, whose work is not ours to undo.
                 with store.locked(self.lock_timeout if key else min(self.lock_timeout, 1.0)):
-                    done, left = recover_store(self.ctx, store, log, raise_on_leftovers=False)
+                    done, left = recover_store(self.ctx, store, _events, raise_on_leftovers=False)
             except LockError as exc:
                 leftovers.append(f"{k}: {exc}")
                 continue
@@ -348,7 +350,7 @@ class Engine:
             saved.check_roots(self._root_json(rootset))
             store = self._store(plan, rootset)
             with store.locked(self.lock_timeout):
-                recover_store(self.ctx, store, log)
+                recover_store(self.ctx, store, _events)
                 committed = store.load()
                 state = committed or State(plan=plan.name, roots=self._root_json(rootset))
                 live = read_live_table(beneath=self.root_paths(rootset))

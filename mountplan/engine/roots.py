@@ -44,10 +44,10 @@ class RootHandle:
     __slots__ = ("fd", "identity", "name", "owned")
 
     def __init__(self, name: str, fd: Fd | int, identity: RootIdentity, owned: bool) -> None:
-        self.name = name
-        self.fd = fd
-        self.identity = identity
-        self.owned = owned
+        self.name: str = name
+        self.fd: Fd | int = fd
+        self.identity: RootIdentity = identity
+        self.owned: bool = owned
 
     def fileno(self) -> int:
         return self.fd.fileno() if isinstance(self.fd, Fd) else self.fd

@@ -153,11 +153,11 @@ class StateStore:
     """Files of one plan instance in a state directory, each reached through a vetted directory fd."""
 
     def __init__(self, state_dir: str, key: str, *, dir_fd: int | None = None) -> None:
-        self.state_dir = state_dir
-        self.key = key
-        self.state_path = os.path.join(state_dir, f"{key}.state.json")
-        self.journal_path = os.path.join(state_dir, f"{key}.journal")
-        self.lock_path = os.path.join(state_dir, f"{key}.lock")
+        self.state_dir: str = state_dir
+        self.key: str = key
+        self.state_path: str = os.path.join(state_dir, f"{key}.state.json")
+        self.journal_path: str = os.path.join(state_dir, f"{key}.journal")
+        self.lock_path: str = os.path.join(state_dir, f"{key}.lock")
         self._dir_fd = dir_fd  # borrowed when given, else held only while locked()
         self._journal_fd: int | None = None
         self._seq = 0
