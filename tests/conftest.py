@@ -8,7 +8,8 @@ and are skipped where none can be made. Fixtures still run in the parent, so
 fixtures must never mount. At the end every host mount must be
 exactly what it was: the same mounts with the same mount options, super options
 and propagation (a cgroup2 mount from the initial cgroup namespace changes the
-host's cgroup2 super options without adding a mount).
+host's cgroup2 super options without adding a mount). That check is the plugin's
+host guard, switched on for this suite in pyproject.toml (``mountplan_host_guard``).
 """
 
 from __future__ import annotations
@@ -19,45 +20,7 @@ from typing import Any
 
 import pytest
 
-from mountplan.testing import (
-    MountRecord,
-    describe_mount_table_changes,
-    is_privileged,
-    read_mount_records,
-)
-
-_HOST_TABLE: list[MountRecord] = []
-_LAST_SEEN: list[MountRecord] = []
-#: (test id, changes) for each test after which the host table differed from before it.
-_CULPRITS: list[tuple[str, list[str]]] = []
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _HOST_TABLE[:] = _LAST_SEEN[:] = read_mount_records()
-
-
-def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
-    # Name the first test after which the host changed: the end-of-suite check
-    # alone cannot say who did it, nor see a flag that was flipped and flipped back.
-    now = read_mount_records()
-    if now != _LAST_SEEN:
-        _CULPRITS.append((nodeid, describe_mount_table_changes(_LAST_SEEN, now)))
-        _LAST_SEEN[:] = now
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    changes = describe_mount_table_changes(_HOST_TABLE, read_mount_records())
-    if not changes and not _CULPRITS:
-        return
-    text = ["HOST MOUNT TABLE CHANGED by the test suite", *changes]
-    for nodeid, during in _CULPRITS:
-        text.append(f"after {nodeid}:")
-        text.extend(f"    {line}" for line in during)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_line("\n".join(text), red=True)
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+from mountplan.testing import is_privileged
 
 
 def pytest_configure(config: pytest.Config) -> None:
