@@ -30,7 +30,7 @@ def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: A
         raise RootError(f"root {managed.root!r} is needed to remove mount {managed.name!r}")
     outcome = remove_mount(
         ctx, root, managed.target, managed.mnt_id, managed.unique,
-        recursive=managed.recursive, submounts=managed.submounts, name_=managed.name, proof=managed.proof,
+        recursive=managed.recursive, submounts=managed.submounts, label=managed.name, proof=managed.proof,
     )
     if outcome is Outcome.GONE:
         log.warning("destroy.gone", mount=managed.name, target=f"{managed.root}:{managed.target}")

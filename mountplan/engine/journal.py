@@ -128,3 +128,13 @@ def parse_journal(raw: bytes) -> JournalContents:
         else:
             malformed.append(MalformedLine(number, line[:120].decode("utf-8", "replace"), why))
     return JournalContents(tuple(entries), tuple(malformed), torn)
+
+
+def parse_proof(value: Any) -> list[int | None] | None:
+    """A mount's recorded root evidence, ``[major, minor, ino, btime-or-None]``; TypeError if malformed."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 4 or not all_uints(*value[:3])
+            or not (value[3] is None or type(value[3]) is int)):
+        raise TypeError("'proof' is not [major, minor, ino, btime]")
+    return list(value)

@@ -13,6 +13,7 @@ from typing import Any
 from mountplan.errors import ExecutionError
 
 from .context import Context
+from .destroy import destroy_locked
 from .removal import remove_mount, remove_path
 from .roots import RootHandle, RootIdentity, RootSet, reopen_root
 from .state import StateStore
@@ -26,7 +27,7 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
         restore(ctx, item, root)
     elif item.op == "mount":
         remove_mount(ctx, root, item.path, item.mnt_id, item.unique,
-                     recursive=item.recursive, submounts=item.submounts, name_=item.mount, proof=item.proof)
+                     recursive=item.recursive, submounts=item.submounts, label=item.mount, proof=item.proof)
     else:
         remove_path(ctx, root, item.op, item.path, item.dev, item.ino)
 
@@ -173,10 +174,6 @@ def _finish_session(
     ctx: Context, store: StateStore, entries: list[dict[str, Any]], log: Any, raise_on_leftovers: bool
 ) -> tuple[list[str], list[str]]:
     """Destroy what a killed ``run`` left mounted (its committed state), then drop its journal."""
-    from .destroy import (
-        destroy_locked,  # destroy uses removal like recovery; imported here to keep one direction
-    )
-
     header = next((e for e in entries if e.get("op") == "begin"), None)
     state = store.load()
     if state is None:

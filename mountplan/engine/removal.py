@@ -42,7 +42,7 @@ def remove_mount(
     *,
     recursive: bool = False,
     submounts: Sequence[int] = (),
-    name_: str = "",
+    label: str = "",
     proof: list[int | None] | None = None,
 ) -> Outcome:
     """Unmount our mount ``mnt_id`` made at ``root:target``, wherever it is now."""
@@ -73,7 +73,7 @@ def remove_mount(
             # (is_ours_at checked its root): a stranger's mount that got our id.
             return Outcome.GONE
         raise CoveredError(
-            f"mount {name_ or target!r} at {shown} (mount id {mnt_id}) is covered by a mount mountplan did not "
+            f"mount {label or target!r} at {shown} (mount id {mnt_id}) is covered by a mount mountplan did not "
             f"make: {describe(top)}; it stays mounted and in the state; unmount the cover "
             f"(umount {top.mount_point}) and run this again"
         )

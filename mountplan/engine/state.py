@@ -37,7 +37,15 @@ from typing import Any
 
 from mountplan.errors import LockError, StateError
 
-from .journal import JournalContents, MalformedLine, all_uints, journal_line, parse_journal, valid_submounts
+from .journal import (
+    JournalContents,
+    MalformedLine,
+    all_uints,
+    journal_line,
+    parse_journal,
+    parse_proof,
+    valid_submounts,
+)
 from .scope import ForeignStateError, Scope, current_scope, refuse_foreign
 from .statefs import (
     default_state_dir,
@@ -113,17 +121,8 @@ class ManagedMount:
             name=data["name"], root=data["root"], target=data["target"], mnt_id=data["mnt_id"],
             unique=bool(data.get("unique", True)), fingerprint=str(data.get("fingerprint", "")),
             created=list(created), recursive=bool(data.get("recursive", False)),
-            submounts=tuple(data.get("submounts", ())), proof=_proof(data.get("proof")),
+            submounts=tuple(data.get("submounts", ())), proof=parse_proof(data.get("proof")),
         )
-
-
-def _proof(value: Any) -> list[int | None] | None:
-    if value is None:
-        return None
-    if (not isinstance(value, list) or len(value) != 4 or not all_uints(*value[:3])
-            or not (value[3] is None or type(value[3]) is int)):
-        raise TypeError("'proof' is not [major, minor, ino, btime]")
-    return list(value)
 
 
 @dataclass(slots=True)

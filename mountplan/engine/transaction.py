@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .journal import parse_proof
 from .state import StateStore
 
 #: Journal ops that record a change (and so have an undo).
@@ -71,16 +72,8 @@ class Undo:
             mnt_id=int(entry.get("mnt_id", 0)), unique=bool(entry.get("unique", True)), mount=str(entry.get("mount", "")),
             recursive=bool(entry.get("recursive", False)),
             submounts=tuple(int(i) for i in entry.get("submounts", ())),
-            restore=restore, proof=_proof(entry.get("proof")),
+            restore=restore, proof=parse_proof(entry.get("proof")),
         )
-
-
-def _proof(value: Any) -> list[int | None] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 4:
-        raise TypeError("proof must be [major, minor, ino, btime]")
-    return [None if v is None else int(v) for v in value]
 
 
 @dataclass(slots=True)

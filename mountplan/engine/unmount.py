@@ -109,7 +109,7 @@ def _unmount_busy(
     cause: KernelError,
 ) -> None:
     table = read_live_table()
-    ours = table.by_id(mnt_id) if table.by_id(mnt_id) is not None else table.by_old_id(mnt_id)
+    ours = table.by_id(mnt_id) or table.by_old_id(mnt_id)  # one id space per process: one of them
     below = descendants(table, ours) if ours is not None else []
     # A recursive bind's clones are ours; anything else beneath is not, and
     # detaching ours would take it away with it.
