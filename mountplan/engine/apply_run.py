@@ -51,7 +51,7 @@ engine: Engine,
     """Carry out the changes (computed now unless ``planned`` gives them and the table they came from)."""
     plog = _events.bind(plan=plan.name)
     if planned is None:
-        live = read_live_table(beneath=engine.root_paths(rootset))
+        live = read_live_table(beneath=engine.root_dirs(rootset))
         changes = engine._diff(plan, rootset, state, prune=prune, live=live)
     else:
         changes, live = planned

@@ -56,12 +56,6 @@ _stdlib_log = logging.getLogger("mountplan")
 _events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
 
 
-def _enabled(level: int) -> bool:
-    # structlog renders an event before stdlib drops it; per-step events would
-    # cost more than the syscalls they describe, so check the level first.
-    return _stdlib_log.isEnabledFor(level)
-
-
 def warn_machine_wide(plan: Plan) -> None:
     """Warn before a cgroup2 mount from the initial cgroup namespace: its options change the whole machine."""
     cgroup2 = [m.name for m in plan.mounts if m.fs_type == "cgroup2"]
@@ -207,7 +201,7 @@ class Engine:
         return entry is not None and self.backend.statx_mount_ids(rootset[name].fileno()).mnt_id == entry.mnt_id
 
     @staticmethod
-    def root_paths(rootset: RootSet) -> list[str]:
+    def root_dirs(rootset: RootSet) -> list[str]:
         """Where the roots are: the live table is read only at and beneath them (a busy host's
         other mounts cost nothing)."""
         return [h.identity.path for h in rootset.values()]
@@ -282,7 +276,7 @@ class Engine:
             store = self._store(plan, rootset)
             todo, journaled = describe_pending(store)
             state = self._load_or_new(store, plan, rootset)
-            live = read_live_table(beneath=self.root_paths(rootset))
+            live = read_live_table(beneath=self.root_dirs(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live, journaled=journaled)
             problems = kernel_problems(self.ctx, plan, changes, rootset)
             return dataclasses.replace(changes, problems=problems, pending=todo) if problems or todo else changes
@@ -312,7 +306,7 @@ class Engine:
             store = self._store(plan, rootset)
             committed = store.load()
             state = committed or State(plan=plan.name, roots=self._root_json(rootset))
-            live = read_live_table(beneath=self.root_paths(rootset))
+            live = read_live_table(beneath=self.root_dirs(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live)
             saved = SavedPlan(
                 plan_name=plan.name,
@@ -353,7 +347,7 @@ class Engine:
                 recover_store(self.ctx, store, _events)
                 committed = store.load()
                 state = committed or State(plan=plan.name, roots=self._root_json(rootset))
-                live = read_live_table(beneath=self.root_paths(rootset))
+                live = read_live_table(beneath=self.root_dirs(rootset))
                 saved.check_live(committed, self._snapshot(rootset, state, live))
                 changes = self._diff(plan, rootset, state, prune=saved.prune, live=live)
                 saved.check_changes(changes.to_json())
