@@ -29,7 +29,6 @@ watch --json`` prints (``format_version`` 1).
 from __future__ import annotations
 
 import collections
-import enum
 import errno
 import json
 import logging
@@ -37,13 +36,22 @@ import os
 import select
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog.stdlib
 
 from mountplan._kernel.fanotify import MountEvent, open_mount_namespace_watch, read_mount_events
 from mountplan._log import structured_logger
+from mountplan._watchtypes import (
+    FORMAT_VERSION,
+    EventKind,
+    Governor,
+    Mechanism,
+    ReconcilePolicy,
+    StopSignal,
+    WatchEvent,
+    WatchResult,
+)
 from mountplan.changes import ChangeSet
 from mountplan.engine import Engine
 from mountplan.errors import KernelError, MountplanError
@@ -61,7 +69,6 @@ __all__ = [
     "watch",
 ]
 
-FORMAT_VERSION = 1
 MOUNTINFO = "/proc/self/mountinfo"
 #: At most this many fanotify records are named in one event's trigger.
 _TRIGGER_LIMIT = 16
@@ -70,146 +77,6 @@ _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
 
 _events: structlog.stdlib.BoundLogger = structured_logger(logging.getLogger("mountplan"))
-
-
-class Mechanism(enum.Enum):
-    """How the watcher learns that the mount table changed."""
-
-    FANOTIFY = "fanotify"
-    MOUNTINFO = "mountinfo-poll"
-
-
-class EventKind(enum.Enum):
-    """What a :class:`WatchEvent` reports."""
-
-    WATCHING = "watching"  # first event: mechanism, roots, policy
-    DRIFT = "drift"  # the live table differs from the plan (emitted once per distinct diff)
-    IN_SYNC = "in-sync"  # the live table matches the plan (at start, and after drift ends)
-    RECONCILED = "reconciled"  # apply repaired the drift
-    RECONCILE_FAILED = "reconcile-failed"  # apply raised; retried after a backoff
-    THROTTLED = "throttled"  # a repair is due but the policy delays it
-    ERROR = "error"  # the diff itself failed (a root vanished, a state file unreadable)
-    STOPPED = "stopped"  # last event
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcilePolicy:
-    """Limits on repairs, so a fight with another writer cannot spin.
-
-    * Rate limit: at most ``max_applies`` applies in any ``window`` seconds.
-    * Backoff: the first repair of a drift is immediate. If drift comes back
-      less than ``window`` seconds after the last apply (or the apply failed),
-      the next repair waits ``backoff_initial`` seconds, then
-      ``backoff_factor`` times longer each time, up to ``backoff_max``.
-    * Reset: a repair that holds for ``window`` seconds ends the fight; the
-      next drift is repaired at once again.
-
-    While a repair waits, drift is still reported as it changes; a drift that
-    goes away by itself cancels the pending repair.
-    """
-
-    max_applies: int = 5
-    window: float = 60.0
-    backoff_initial: float = 1.0
-    backoff_factor: float = 2.0
-    backoff_max: float = 300.0
-
-    def __post_init__(self) -> None:
-        if self.max_applies < 1:
-            raise ValueError("ReconcilePolicy.max_applies must be at least 1")
-        if self.window <= 0 or self.backoff_initial < 0 or self.backoff_factor < 1 or self.backoff_max < 0:
-            raise ValueError("ReconcilePolicy: window > 0, backoff_initial >= 0, backoff_factor >= 1, backoff_max >= 0")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "max_applies": self.max_applies,
-            "window": self.window,
-            "backoff_initial": self.backoff_initial,
-            "backoff_factor": self.backoff_factor,
-            "backoff_max": self.backoff_max,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One thing the watcher reports.
-
-    ``monotonic`` is ``time.monotonic()`` (CLOCK_MONOTONIC, the same clock in
-    every process of the machine) when the event was made; ``wall`` is
-    ``time.time()``. Apply events also carry ``apply_started`` on that clock.
-    """
-
-    kind: EventKind
-    seq: int
-    mechanism: Mechanism
-    plan: str
-    monotonic: float
-    wall: float
-    changes: ChangeSet | None = None
-    trigger: dict[str, Any] = field(default_factory=dict)
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as one JSON object (keys sorted when dumped)."""
-        doc: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "event": self.kind.value,
-            "seq": self.seq,
-            "time": round(self.wall, 6),
-            "monotonic": self.monotonic,
-            "mechanism": self.mechanism.value,
-            "plan": self.plan,
-        }
-        if self.trigger:
-            doc["trigger"] = self.trigger
-        doc.update(self.detail)
-        if self.changes is not None:
-            doc["changes"] = self.changes.to_json()
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class WatchResult:
-    """What one ``watch()`` call did, counted."""
-
-    mechanism: Mechanism
-    checks: int
-    drift_events: int
-    applies: int
-    failed_applies: int
-    throttled: int
-
-
-class StopSignal:
-    """A pipe the watch loop polls: ``set()`` ends ``watch()`` promptly.
-
-    ``set()`` only writes one byte, so it is safe from a signal handler and
-    from another thread.
-    """
-
-    __slots__ = ("_read", "_write")
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-
-    def fileno(self) -> int:
-        return self._read
-
-    def set(self) -> None:
-        try:
-            os.write(self._write, b"x")
-        except BlockingIOError:  # already full of wake-ups: it is set
-            pass
-
-    def is_set(self) -> bool:
-        return bool(select.select([self._read], [], [], 0)[0])
-
-    def close(self) -> None:
-        for fd in (self._read, self._write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def detect_mechanism() -> tuple[Mechanism, str]:
@@ -241,7 +108,9 @@ class _Sources:
             self.mountinfo = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             self.close()
-            raise KernelError(exc.errno or errno.ENOENT, "open", paths=[MOUNTINFO], hint="is /proc mounted?") from exc
+            raise KernelError(
+                exc.errno or errno.ENOENT, "open", paths=[MOUNTINFO], hint="is /proc mounted?"
+            ) from exc
 
     def register(self, poller: select.poll) -> None:
         poller.register(self.mountinfo, select.POLLPRI)  # POLLERR is always reported
@@ -266,40 +135,6 @@ class _Sources:
             if fd is not None:
                 os.close(fd)
         self.fanotify = None
-
-
-class _Governor:
-    """The :class:`ReconcilePolicy` as state: when may the next apply start?"""
-
-    def __init__(self, policy: ReconcilePolicy) -> None:
-        self.policy = policy
-        self.applies: collections.deque[float] = collections.deque()
-        self.streak = 0  # applies in the current fight
-        self.last_apply: float | None = None
-
-    def on_drift(self, now: float) -> None:
-        if self.last_apply is None or now - self.last_apply >= self.policy.window:
-            self.streak = 0
-
-    def earliest(self, now: float) -> float:
-        policy = self.policy
-        while self.applies and self.applies[0] <= now - policy.window:
-            self.applies.popleft()
-        start = now
-        if len(self.applies) >= policy.max_applies:
-            start = max(start, self.applies[0] + policy.window)
-        if self.streak and self.last_apply is not None:
-            delay = min(policy.backoff_initial * policy.backoff_factor ** (self.streak - 1), policy.backoff_max)
-            start = max(start, self.last_apply + delay)
-        return start
-
-    def record(self, now: float) -> None:
-        self.applies.append(now)
-        self.last_apply = now
-        self.streak += 1
-
-    def in_window(self, now: float) -> int:
-        return sum(1 for t in self.applies if t > now - self.policy.window)
 
 
 def _committed_diff(engine: Engine, plan: Plan, roots: Mapping[str, str | int]) -> ChangeSet:
@@ -355,18 +190,31 @@ def watch(
     engine = engine or Engine(state_dir=state_dir)
     roots = dict(roots or {})
     sources = _Sources(mechanism)
-    governor = _Governor(policy)
+    governor = Governor(policy)
     counts = collections.Counter[str]()
     seq = 0
 
-    def emit(kind: EventKind, *, changes: ChangeSet | None = None, trigger: dict[str, Any] | None = None, **detail: Any) -> None:
+    def emit(
+        kind: EventKind,
+        *,
+        changes: ChangeSet | None = None,
+        trigger: dict[str, Any] | None = None,
+        **detail: Any,
+    ) -> None:
         nonlocal seq
         seq += 1
         counts[kind.value] += 1
         on_event(
             WatchEvent(
-                kind, seq, sources.mechanism, plan.name, clock(), time.time(),
-                changes=changes, trigger=trigger or {}, detail=detail,
+                kind,
+                seq,
+                sources.mechanism,
+                plan.name,
+                clock(),
+                time.time(),
+                changes=changes,
+                trigger=trigger or {},
+                detail=detail,
             )
         )
 
@@ -381,10 +229,18 @@ def watch(
     error_delay = 0.0
     resync_at = None if not resync_interval else clock() + resync_interval
     try:
-        _events.info("watch.started", plan=plan.name, mechanism=sources.mechanism.value, fallback=sources.fallback or None)
+        _events.info(
+            "watch.started",
+            plan=plan.name,
+            mechanism=sources.mechanism.value,
+            fallback=sources.fallback or None,
+        )
         emit(
-            EventKind.WATCHING, roots={k: str(v) for k, v in sorted(roots.items())}, reconcile=reconcile,
-            fallback=sources.fallback or None, policy=policy.to_json() if reconcile else None,
+            EventKind.WATCHING,
+            roots={k: str(v) for k, v in sorted(roots.items())},
+            reconcile=reconcile,
+            fallback=sources.fallback or None,
+            policy=policy.to_json() if reconcile else None,
             resync_interval=resync_interval or None,
         )
         trigger: dict[str, Any] = {"start": True}
@@ -401,7 +257,10 @@ def watch(
                     last_error = str(exc)
                     _events.warning("watch.error", plan=plan.name, error=last_error)
                     emit(
-                        EventKind.ERROR, trigger=trigger, error=last_error, error_type=type(exc).__name__,
+                        EventKind.ERROR,
+                        trigger=trigger,
+                        error=last_error,
+                        error_type=type(exc).__name__,
                         retry_in=error_delay,
                     )
                 last_seen = None
@@ -416,7 +275,9 @@ def watch(
                 elif fingerprint != last_seen:
                     governor.on_drift(now)
                     counts["drift_events"] += 1
-                    _events.warning("watch.drift", plan=plan.name, summary=changes.summary(), foreign=len(changes.foreign))
+                    _events.warning(
+                        "watch.drift", plan=plan.name, summary=changes.summary(), foreign=len(changes.foreign)
+                    )
                     emit(EventKind.DRIFT, trigger=trigger, changes=changes, drift=changes.has_drift)
                 last_seen = fingerprint
                 if reconcile and changes.has_changes:
@@ -433,20 +294,29 @@ def watch(
                             pending = governor.earliest(now)
                             _events.warning("watch.reconcile_failed", plan=plan.name, error=str(exc))
                             emit(
-                                EventKind.RECONCILE_FAILED, error=str(exc), error_type=type(exc).__name__,
-                                apply_started=started, apply_seconds=round(now - started, 6),
+                                EventKind.RECONCILE_FAILED,
+                                error=str(exc),
+                                error_type=type(exc).__name__,
+                                apply_started=started,
+                                apply_seconds=round(now - started, 6),
                                 retry_in=round(pending - now, 3),
                             )
                         else:
                             counts["applies"] += 1
                             now = clock()
                             _events.info(
-                                "watch.reconciled", plan=plan.name, created=result.created,
-                                updated=result.updated, replaced=result.replaced,
+                                "watch.reconciled",
+                                plan=plan.name,
+                                created=result.created,
+                                updated=result.updated,
+                                replaced=result.replaced,
                             )
                             emit(
-                                EventKind.RECONCILED, created=list(result.created), updated=list(result.updated),
-                                replaced=list(result.replaced), apply_started=started,
+                                EventKind.RECONCILED,
+                                created=list(result.created),
+                                updated=list(result.updated),
+                                replaced=list(result.replaced),
+                                apply_started=started,
                                 apply_seconds=round(now - started, 6),
                                 applies_in_window=governor.in_window(now),
                             )
@@ -458,7 +328,9 @@ def watch(
                         counts["throttled"] += 1
                         _events.warning("watch.throttled", plan=plan.name, retry_in=round(due - now, 3))
                         emit(
-                            EventKind.THROTTLED, retry_in=round(due - now, 3), streak=governor.streak,
+                            EventKind.THROTTLED,
+                            retry_in=round(due - now, 3),
+                            streak=governor.streak,
                             applies_in_window=governor.in_window(now),
                         )
             # Wait: forever, or until a delayed repair or a resync is due.
