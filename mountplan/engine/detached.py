@@ -41,7 +41,7 @@ from mountplan.livetable import LiveTable, TableSource
 from mountplan.model import Plan
 
 from .attach import Attacher, Handles
-from .attrs import required_for, set_attrs
+from .attrs import has_mount_setattr, required_for, set_attrs
 from .context import Context
 from .detached_steps import TreeSteps
 from .fingerprint import compiled_for
@@ -264,9 +264,12 @@ def build_detached(
     compiled = compiled_for(plan)
     progress = BuildProgress()
     with open_roots(root_paths(plan, roots), roots_used(plan)) as rootset:
-        mech = mechanism or (Mechanism.DETACHED_MOVES if moves_between_detached(ctx) else Mechanism.PRIVATE_NAMESPACE)
+        mech = mechanism or _best_mechanism(ctx)
         if mech is Mechanism.PRIVATE_NAMESPACE:
             refuse_unbindable(plan)
+        elif any(m.bind is not None and m.attrs for m in plan.mounts):
+            # mount(2) cannot reach a detached mount: a bind's attributes need mount_setattr there.
+            detect().require("mount_setattr")
         # Our own fds of the roots: mountpoints are removed beneath them after the
         # tree is gone, even if the caller closed the fd it gave us by then.
         origins = {name: _own_copy(handle) for name, handle in rootset.items()}
@@ -289,6 +292,14 @@ def build_detached(
     targets = tuple(sorted({m.root for m in plan.mounts}))
     _events.info("detached.built", plan=plan.name, mechanism=mech.value, mounts=len(plan.mounts))
     return DetachedTree(plan.name, mech, trees, targets, origins, progress.created(), ctx)
+
+
+def _best_mechanism(ctx: Context) -> Mechanism:
+    """Detached moves where the kernel has them and mount_setattr works (only a seccomp filter takes
+    it from a 6.15 kernel, and without it a bind's attributes cannot be set on a detached mount)."""
+    if has_mount_setattr() and moves_between_detached(ctx):
+        return Mechanism.DETACHED_MOVES
+    return Mechanism.PRIVATE_NAMESPACE
 
 
 def _build_with_moves(ctx: Context, plan: Plan, compiled: CompiledPlan, rootset: RootSet,

@@ -68,11 +68,16 @@ class TreeSteps:
         ids = self.attacher.ctx.backend.statx_mount_ids(h.mnt.fileno())
         h.mnt_id, h.unique = ids.mnt_id, ids.unique
         if self.detached_tree:
-            # Still the root of its own anonymous namespace: the last moment
-            # mount_setattr accepts it (inside the tree it answers EINVAL).
+            # Still the root of its own anonymous namespace: the last moment the
+            # kernel changes it (inside the tree mount_setattr answers EINVAL).
+            # Attributes a kernel without mount_setattr left for after the move go now too.
             recursive = spec.bind is not None and spec.bind.recursive
+            shown = f"{spec.root}:{spec.target}"
+            if h.pending_attrs is not None:
+                set_attrs(self.attacher.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
+                h.pending_attrs = None
             set_attrs(self.attacher.ctx, h.mnt.fileno(), propagation=spec.propagation.kernel_value,
-                      recursive=recursive, shown=f"{spec.root}:{spec.target}")
+                      recursive=recursive, shown=shown)
 
     # ---------------------------------------------------------------- after the move
 
