@@ -206,8 +206,8 @@ def detached(plan: PlanLike, roots: Roots | None = None) -> DetachedTree:
     >>> with mountplan.detached("plans/overlay.yaml", roots={"input": fd}) as tree:
     ...     subprocess.run([tree.path() + "/work/bin/tool"], pass_fds=[tree.fileno()])
     """
+    from mountplan.engine.backend import KernelBackend
     from mountplan.engine.context import Context
     from mountplan.engine.detached import build_detached
-    from mountplan.engine.backend import KernelBackend
 
     return build_detached(Context(KernelBackend()), _plan(plan), _roots(roots))

@@ -67,7 +67,7 @@ def build_in_private_namespace(
     def work() -> None:
         try:
             result.update(_build_here(ctx, plan, compiled, rootset, progress))
-        except BaseException as exc:  # handed to the caller's thread, raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
             errors.append(exc)
 
     helper = threading.Thread(target=work, name=f"mountplan-detached-{plan.name}")
