@@ -312,3 +312,27 @@ def test_public_api_builds_a_tree_from_a_plan_file(root_dir: str) -> None:
         assert os.path.isfile(f"{tree.path('tree')}/work/bin/hello")
         assert tree.fd("tree") == tree.fileno()
     assert tree.closed
+
+
+def test_every_root_gets_a_tree_and_fileno_needs_one_target_root(root_dir: str, tmp_path: Path) -> None:
+    """A bind from root ``s`` into root ``r`` and a tmpfs in ``s``: two trees, fd(name) for each, fileno() refuses."""
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "f").write_text("from s")
+    plan = Plan(name="two", roots=(RootSpec("r"), RootSpec("s")), mounts=(
+        tmpfs("t", "t"),
+        MountSpec(name="u", root="s", target="u", fs_type="tmpfs", source="u"),
+        bind("b", "b", SourceRef("data", "s"), recursive=False),
+    ))
+    before = table()
+    with build_detached(Context(KernelBackend()), plan, {"r": root_dir, "s": str(other)}) as tree:
+        assert tree.roots == ("r", "s")
+        assert Path(tree.path("r"), "b/f").read_text() == "from s"
+        assert os.statvfs(tree.path("s") + "/u").f_fsid != os.statvfs(str(other)).f_fsid
+        with pytest.raises(ValueError, match="fd"):
+            tree.fileno()
+        with pytest.raises(KeyError, match="no detached tree for root 'x'"):
+            tree.fd("x")
+        assert table() == before
+    assert table() == before
+    assert os.listdir(root_dir) == [] and sorted(os.listdir(other)) == ["data"]
