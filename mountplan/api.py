@@ -203,7 +203,7 @@ def detached(plan: PlanLike, roots: Roots | None = None) -> DetachedTree:
     closes everything made and removes the mountpoints created). No state file:
     nothing can outlive the tree's fds. See docs/detached.md.
 
-    >>> with mountplan.detached("plans/overlay.yaml", roots={"input": fd}) as tree:
+    >>> with mountplan.detached("plans/overlay.yaml", roots={"tree": fd}) as tree:
     ...     subprocess.run([tree.path() + "/work/bin/tool"], pass_fds=[tree.fileno()])
     """
     from mountplan.engine.backend import KernelBackend
