@@ -336,3 +336,53 @@ def test_every_root_gets_a_tree_and_fileno_needs_one_target_root(root_dir: str, 
         assert table() == before
     assert table() == before
     assert os.listdir(root_dir) == [] and sorted(os.listdir(other)) == ["data"]
+
+
+def test_close_can_keep_the_mountpoints_it_made(root_dir: str) -> None:
+    """close(keep_mountpoints=True) leaves the directories made in the root (for a tree something else still holds)."""
+    tree = build(Plan(name="keep", roots=(RootSpec("r"),), mounts=(tmpfs("t", "a/t"),)), root_dir, None)
+    tree.close(keep_mountpoints=True)
+    assert tree.closed
+    assert listing(root_dir) == ["a", "a/t"]
+
+
+def _tmpfs_fd() -> Any:
+    fs = _kernel.fsopen("tmpfs")
+    try:
+        _kernel.fsconfig_create(fs.fileno())
+        return _kernel.fsmount(fs.fileno())
+    finally:
+        fs.close()
+
+
+def test_kernel_fact_a_lazily_unmounted_anchor_loses_its_submounts(tmp_path: Path) -> None:
+    """Why the fallback is a namespace: after umount2(MNT_DETACH) the anchor's fd no longer reaches what was beneath it."""
+    anchor_dir = tmp_path / "anchor"
+    anchor_dir.mkdir()
+    anchor = _tmpfs_fd()
+    _kernel.move_mount(anchor.fileno(), "", -100, str(anchor_dir), _kernel.MoveMountFlag.F_EMPTY_PATH)
+    (anchor_dir / "sub").mkdir()
+    sub = _tmpfs_fd()
+    _kernel.move_mount(sub.fileno(), "", -100, str(anchor_dir / "sub"), _kernel.MoveMountFlag.F_EMPTY_PATH)
+    (anchor_dir / "sub" / "marker").write_text("x")
+    assert os.listdir(f"/proc/self/fd/{anchor.fileno()}/sub") == ["marker"]
+    _kernel.detach_fd(anchor.fileno())
+    assert os.listdir(f"/proc/self/fd/{anchor.fileno()}/sub") == []  # the bare directory: sub is disconnected
+    sub.close()
+    anchor.close()
+
+
+@needs_detached_moves
+@needs_detached_build
+def test_kernel_fact_mount_setattr_refuses_a_mount_inside_a_detached_tree() -> None:
+    """Why propagation is set before the move: the root of a detached tree takes mount_setattr, a mount inside it not."""
+    top, inner = _tmpfs_fd(), _tmpfs_fd()
+    _kernel.mkdirat(top.fileno(), "in", 0o755)
+    _kernel.move_mount(inner.fileno(), "", top.fileno(), "in", _kernel.MoveMountFlag.F_EMPTY_PATH)
+    private = _kernel.Propagation.PRIVATE
+    _kernel.mount_setattr(top.fileno(), "", _kernel.AtFlag.EMPTY_PATH, propagation=private)
+    with pytest.raises(KernelError) as refused:
+        _kernel.mount_setattr(inner.fileno(), "", _kernel.AtFlag.EMPTY_PATH, propagation=private)
+    assert refused.value.errno == errno.EINVAL
+    inner.close()
+    top.close()
