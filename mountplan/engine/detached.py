@@ -206,6 +206,10 @@ def run_chains(ctx: Context, plan: Plan, compiled: CompiledPlan, trees: RootSet,
     progress.step = None
 
 
+#: The kernel's answer to moves_between_detached, once asked.
+_MOVES: bool | None = None
+
+
 def moves_between_detached(ctx: Context) -> bool:
     """Whether move_mount attaches a mount beneath a *detached* mount here (Linux 6.15+).
 
@@ -232,9 +236,6 @@ def moves_between_detached(ctx: Context) -> bool:
         else:
             _MOVES = True
     return _MOVES
-
-
-_MOVES: bool | None = None
 
 
 def _scratch_tmpfs(k: Any) -> Fd:
