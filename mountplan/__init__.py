@@ -34,7 +34,7 @@ from mountplan.model import Plan
 __version__ = "0.1.0"
 
 _API = frozenset(
-    {"applied", "apply", "apply_saved", "compile", "destroy", "diff", "load", "plan", "recover", "save_plan"}
+    {"applied", "apply", "apply_saved", "compile", "destroy", "detached", "diff", "load", "plan", "recover", "save_plan"}
 )
 
 
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         apply_saved,
         compile,
         destroy,
+        detached,
         diff,
         load,
         plan,
@@ -80,6 +81,7 @@ __all__ = [
     "apply_saved",
     "compile",
     "destroy",
+    "detached",
     "diff",
     "load",
     "plan",

@@ -1,4 +1,4 @@
-"""The public Python API: load, plan, apply, destroy, diff, applied.
+"""The public Python API: load, plan, apply, destroy, diff, applied, detached.
 
 Roots map a root name to a directory path (a ``str`` or any ``os.PathLike``, such
 as :class:`pathlib.Path`) or to an already-open directory fd owned by the caller
@@ -15,10 +15,12 @@ from typing import Protocol, TypeAlias
 
 from mountplan.changes import ChangeSet
 from mountplan.compiler import CompiledPlan, compile_apply, compile_destroy
-from mountplan.engine import ApplyResult, DestroyResult, Engine, RecoverResult
+from mountplan.engine import ApplyResult, DestroyResult, DetachedTree, Engine, RecoverResult
 from mountplan.model import Plan
 
-__all__ = ["applied", "apply", "apply_saved", "compile", "destroy", "diff", "load", "plan", "recover", "save_plan"]
+__all__ = [
+    "applied", "apply", "apply_saved", "compile", "destroy", "detached", "diff", "load", "plan", "recover", "save_plan",
+]
 
 #: A plan object, or the path of a plan file to :func:`load`.
 PlanLike: TypeAlias = Plan | str | os.PathLike[str]
@@ -191,3 +193,21 @@ def applied(
         yield result
     finally:
         engine.destroy(p, names)
+
+
+def detached(plan: PlanLike, roots: Roots | None = None) -> DetachedTree:
+    """Build the plan's mounts as a detached tree: in no mount table, ended by closing it.
+
+    Each root becomes a private detached copy of itself with the planned mounts
+    beneath it, checked and resolved as ``apply`` does (same errors; a failure
+    closes everything made and removes the mountpoints created). No state file:
+    nothing can outlive the tree's fds. See docs/detached.md.
+
+    >>> with mountplan.detached("plans/overlay.yaml", roots={"tree": fd}) as tree:
+    ...     subprocess.run([tree.path() + "/work/bin/tool"], pass_fds=[tree.fileno()])
+    """
+    from mountplan.engine.backend import KernelBackend
+    from mountplan.engine.context import Context
+    from mountplan.engine.detached import build_detached
+
+    return build_detached(Context(KernelBackend()), _plan(plan), _roots(roots))

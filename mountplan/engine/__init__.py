@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backend import Backend, FaultInjector, KernelBackend
+from .detached import DetachedTree, Mechanism
 from .executor import ApplyResult, DestroyResult, Engine, RecoverResult
 from .roots import RootHandle, RootSet, open_roots
 from .state import StateStore, default_state_dir
@@ -11,9 +12,11 @@ __all__ = [
     "ApplyResult",
     "Backend",
     "DestroyResult",
+    "DetachedTree",
     "Engine",
     "FaultInjector",
     "KernelBackend",
+    "Mechanism",
     "RecoverResult",
     "RootHandle",
     "RootSet",
