@@ -39,7 +39,7 @@ from mkdocs.structure.files import File, Files
 REPO = Path(__file__).resolve().parents[1]
 README_DOCS_LINK = re.compile(r"\(https://github\.com/mountplan/mountplan/blob/main/docs/([\w.-]+\.md)(#[\w-]+)?\)")
 FENCE = re.compile(
-    r"^```(mountplan-picture|dot-picture|mountplan-output|mountplan-session)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S
+    r"^```(mountplan-picture|dot-picture|mountplan-output|mountplan-session)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
 )
 #: Subcommands that read the state directory: given a private one, so the page
 #: never shows (or depends on) this machine's state.
@@ -102,7 +102,9 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
             return "```console\n" + "\n\n".join(shown) + "\n```"
         name, alt = _pictures[body]
         caption = f"<figcaption>drawn by <code>{html.escape(alt)}</code></figcaption>\n" if kind == "mountplan-picture" else ""
-        return f'<figure class="mp-picture" markdown>\n![{html.escape(alt)}]({prefix}{name})\n{caption}</figure>'
+        # The picture links to itself: a wide graph can be opened at full size.
+        image = f"[![{html.escape(alt)}]({prefix}{name})]({prefix}{name})"
+        return f'<figure class="mp-picture" markdown>\n{image}\n{caption}</figure>'
 
     return FENCE.sub(replace, markdown)
 
