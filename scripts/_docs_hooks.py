@@ -75,7 +75,7 @@ def on_files(files: Files, config: Any) -> Files:
     index = README_DOCS_LINK.sub(lambda m: f"({m.group(1)}{m.group(2) or ''})", readme)
     files.append(File.generated(config, "index.md", content=index))
     _pictures.clear()
-    for page in sorted(Path(config["docs_dir"]).glob("*.md")):
+    for page in sorted(Path(config["docs_dir"]).rglob("*.md")):
         for kind, body in FENCE.findall(page.read_text(encoding="utf-8")):
             if kind not in ("mountplan-picture", "dot-picture") or body in _pictures:
                 continue
