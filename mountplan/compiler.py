@@ -16,13 +16,12 @@ import enum
 import gc
 import heapq
 import itertools
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mountplan.errors import CompileError
-from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation
+from mountplan.model import Attr, MountSpec, Option, Plan, Propagation
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -35,8 +34,6 @@ __all__ = [
     "compile_apply",
     "compile_destroy",
     "mount_order",
-    "render_dot",
-    "render_mermaid",
 ]
 
 
@@ -535,48 +532,3 @@ def _storage(graph: nx.DiGraph[str]) -> tuple[_NodeAttrs, _Adjacency, _Adjacency
     tests/compiler/test_reference.py compares the result with the public calls'.
     """
     return graph._node, graph._succ, graph._pred  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _mount_label(m: MountSpec) -> str:
-    what = m.fs_type if m.kind is MountKind.FILESYSTEM else f"bind {m.bind.source.render()}"  # type: ignore[union-attr]
-    return f"{m.name}\\n{m.root}:{m.target}\\n{what}"
-
-
-def render_dot(compiled: CompiledPlan, *, steps: bool = False) -> str:
-    """Graphviz text: mounts and their ordering edges (or every step with ``steps``)."""
-    lines = [f"digraph {json.dumps(compiled.plan.name)} {{", "  rankdir=LR;", "  node [shape=box];"]
-    if steps:
-        for step in compiled.steps:
-            lines.append(f"  {json.dumps(step.id)} [label={json.dumps(step.render())}];")
-        for a, b in sorted(compiled.graph.edges):
-            lines.append(f"  {json.dumps(a)} -> {json.dumps(b)};")
-    else:
-        for name in compiled.mount_order:
-            label = _mount_label(compiled.plan.mount(name))
-            lines.append(f'  {json.dumps(name)} [label="{label}"];')
-        for edge in compiled.edges:
-            lines.append(f"  {json.dumps(edge.before)} -> {json.dumps(edge.after)} [label={json.dumps(edge.reason)}];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _mermaid_id(name: str, ids: dict[str, str]) -> str:
-    return ids.setdefault(name, f"m{len(ids)}")
-
-
-def render_mermaid(compiled: CompiledPlan) -> str:
-    """Mermaid flowchart of the mounts and why each edge exists (renders in code review)."""
-    ids: dict[str, str] = {}
-    lines = ["flowchart TD"]
-    for name in compiled.mount_order:
-        m = compiled.plan.mount(name)
-        label = _mount_label(m).replace("\\n", "<br/>").replace('"', "#quot;")
-        lines.append(f'  {_mermaid_id(name, ids)}["{label}"]')
-    for edge in compiled.edges:
-        reason = edge.reason.replace('"', "#quot;")
-        lines.append(f'  {_mermaid_id(edge.before, ids)} -->|"{reason}"| {_mermaid_id(edge.after, ids)}')
-    return "\n".join(lines) + "\n"
-

@@ -286,7 +286,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from mountplan.compiler import compile_apply, compile_destroy, render_dot, render_mermaid
+    from mountplan.compiler import compile_apply, compile_destroy
+    from mountplan.drawing import render_dot, render_mermaid
 
     if args.format == "mermaid" and args.steps:
         raise UsageError("graph: --steps draws every syscall step, which only the dot format shows; drop one of them")

@@ -17,7 +17,8 @@ DESCRIPTIONS = {
     "run": "Apply the plan, run a command, and always destroy afterwards; exit with the command's status. "
     "Signals sent to mountplan are forwarded to the command.",
     "recover": "Undo what interrupted applies and destroys left behind, from the journals in the state directory.",
-    "graph": "Render the ordering graph of the plan's mounts (Graphviz dot or Mermaid). Touches nothing.",
+    "graph": "Render the ordering graph of the plan's mounts (Graphviz dot or Mermaid). Each node shows the "
+    "mount's attributes and propagation; an edge that a longer path implies is not drawn. Touches nothing.",
     "steps": "Print the ordered syscall transcript apply (or destroy) would follow. Touches nothing.",
     "completion": "Print a shell completion script generated from this command line (needs the `shtab` "
     "package: pip install 'mountplan[docs]').",
