@@ -27,6 +27,7 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +53,7 @@ from mountplan._kernel import (
     umount_at,
 )
 from mountplan.engine import Engine, FaultInjector
+from mountplan.engine import state as state_module
 from mountplan.model import Plan
 from mountplan.testing import is_privileged, run_in_sandbox
 
@@ -106,7 +108,40 @@ def _check_same_calls(exe: str, plan: Plan, root: str, state_dir: str) -> None:
         raise SystemExit(f"bench/c/build_action.c no longer mirrors the engine:\nengine: {engine}\nC:      {trace}")
 
 
-def _time_engine(plan: Plan, roots: dict[str, str], state_dir: str, n: int) -> list[tuple[float, float]]:
+class _Fsyncs:
+    """What-if: the engine with an fsync after every journal line and durable state-file writes.
+
+    Patched in for one contender only, to show what the fsyncs the engine leaves out would cost.
+    """
+
+    def __enter__(self) -> None:
+        store = state_module.StateStore
+        self.saved = (store.journal_write, state_module.write_atomic)
+        write_line = store.journal_write
+
+        def journal_write(self: state_module.StateStore, entry: dict[str, object]) -> int:
+            seq = write_line(self, entry)
+            assert self._journal_fd is not None
+            os.fsync(self._journal_fd)
+            return seq
+
+        def write_atomic(*args: object, **kwargs: object) -> None:
+            kwargs["durable"] = True
+            self.saved[1](*args, **kwargs)  # type: ignore[arg-type]
+
+        store.journal_write = journal_write  # type: ignore[method-assign]
+        state_module.write_atomic = write_atomic  # type: ignore[assignment]
+
+    def __exit__(self, *exc: object) -> None:
+        state_module.StateStore.journal_write, state_module.write_atomic = self.saved  # type: ignore[method-assign]
+
+
+def _time_engine(
+    plan: Plan, roots: dict[str, str], state_dir: str, n: int, fsyncs: bool = False
+) -> list[tuple[float, float]]:
+    if fsyncs:
+        with _Fsyncs():
+            return _time_engine(plan, roots, state_dir, n)
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -144,9 +179,15 @@ def _bench(args: argparse.Namespace) -> str:
             _check_same_calls(exe, plan, root, tmpfs_state)
         fs_of_disk = _fs_type(disk)
         rows: dict[str, list[tuple[float, float]]] = {}
+        cpu: dict[str, list[float]] = {}
+        on_disk = f"engine, state on {fs_of_disk} ({args.disk_dir})"
         contenders: list[tuple[str, Callable[[int], list[tuple[float, float]]]]] = [
             ("engine, state on tmpfs", lambda n: _time_engine(plan, roots, tmpfs_state, n)),
-            (f"engine, state on {fs_of_disk} ({args.disk_dir})", lambda n: _time_engine(plan, roots, disk_state, n)),
+            (on_disk, lambda n: _time_engine(plan, roots, disk_state, n)),
+            (f"what-if: {fs_of_disk} + fsync per journal line, state", lambda n: _time_engine(
+                plan, roots, disk_state, n, fsyncs=True)),
+            ("what-if: tmpfs + fsync per journal line, state", lambda n: _time_engine(
+                plan, roots, tmpfs_state, n, fsyncs=True)),
         ]
         if exe is not None:
             contenders += [
@@ -156,10 +197,15 @@ def _bench(args: argparse.Namespace) -> str:
         for label, run in contenders:  # warm-up: caches, page cache, the plan's compiled steps
             run(2)
             rows[label] = []
+            cpu[label] = [0.0, 0.0]
         for r in range(args.rounds):
             shift = r % len(contenders)  # alternate who goes first
             for label, run in contenders[shift:] + contenders[:shift]:
+                before = _cpu()
                 rows[label] += run(args.per_round)
+                after = _cpu()
+                cpu[label][0] += after[0] - before[0]
+                cpu[label][1] += after[1] - before[1]
         assert os.listdir(root) == ["toolchain"], os.listdir(root)
 
         n = args.rounds * args.per_round
@@ -175,9 +221,12 @@ def _bench(args: argparse.Namespace) -> str:
             total = statistics.median(t[0] + t[1] for t in times) * 1e3
             low = min(t[0] + t[1] for t in times) * 1e3
             med[label] = (a, d, total)
-            out.write(f"  {label:<40} apply {a:7.3f} ms  destroy {d:7.3f} ms  total {total:7.3f} ms  (min {low:7.3f})\n")
-        eng, eng_disk = (med[label][2] for label, _ in contenders[:2])
-        out.write(f"  => engine, state on disk / on tmpfs: {eng_disk / eng:.2f}x\n")
+            user, system = (c / len(times) * 1e3 for c in cpu[label])
+            out.write(f"  {label:<48} apply {a:7.3f} ms  destroy {d:7.3f} ms  total {total:7.3f} ms  (min {low:7.3f})"
+                      f"  cpu user {user:6.3f} sys {system:6.3f}\n")
+        eng, eng_disk, sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[:4])
+        out.write(f"  => engine, state on disk / on tmpfs: {eng_disk / eng:.2f}x; with fsyncs: on disk "
+                  f"{sync_disk / eng:.2f}x, on tmpfs {sync_tmpfs / eng:.2f}x\n")
         if exe is not None:
             exact, minimal = med["C loop, exact syscalls"], med["C loop, minimal"]
             for label, base_row in (("C exact", exact), ("C minimal", minimal)):
@@ -197,6 +246,12 @@ def _bench(args: argparse.Namespace) -> str:
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
     return out.getvalue()
+
+
+def _cpu() -> tuple[float, float]:
+    """User and system CPU seconds of this process and its waited-for children (the C loop)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
 
 
 def _fs_type(path: str) -> str:
