@@ -7,6 +7,8 @@ side by side, in alternating rounds:
 
 - ``mountplan.apply`` + ``mountplan.destroy`` with the state directory on a tmpfs;
 - the same with the state directory on disk (``--disk-dir``, default /var/tmp);
+- what-if rows: the engine with an fsync after every journal line and durable
+  state-file writes (patched in for those rows only), on disk and on tmpfs;
 - ``bench/c/build_action.c`` "exact": the kernel calls the engine makes against the
   root and the mounts, in its order, checking the ids it reads (see the C file);
 - the same C file "minimal": mkdir, fsopen/fsconfig/fsmount or open_tree,
@@ -17,7 +19,7 @@ rows are skipped, with a message, when there is no compiler). Before timing, the
 engine's backend calls for one apply+destroy are recorded and compared with the C
 loop's trace; the script stops if they differ.
 
-    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--profile]
+    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--no-what-if] [--profile]
 """
 
 from __future__ import annotations
@@ -153,10 +155,22 @@ def _time_engine(
     return out
 
 
-def _time_c(exe: str, mode: str, root: str, n: int) -> list[tuple[float, float]]:
-    """The C loop times itself (clock_gettime around apply and destroy): no process start-up in it."""
-    text = subprocess.run([exe, mode, root, str(n)], check=True, capture_output=True, text=True).stdout
-    return [(int(a) / 1e9, int(d) / 1e9) for a, d in (line.split() for line in text.splitlines())]
+def _time_engine_cpu(
+    plan: Plan, roots: dict[str, str], state_dir: str, n: int, fsyncs: bool = False
+) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    times = _time_engine(plan, roots, state_dir, n, fsyncs)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return times, (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+
+
+def _time_c(exe: str, mode: str, root: str, n: int) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """The C loop times itself (clock_gettime around apply and destroy, getrusage around the loop):
+    no exec or process start-up in its figures."""
+    lines = subprocess.run([exe, mode, root, str(n)], check=True, capture_output=True, text=True).stdout.splitlines()
+    _, user, system = lines.pop().split()
+    times = [(int(a) / 1e9, int(d) / 1e9) for a, d in (line.split() for line in lines)]
+    return times, (int(user) / 1e6, int(system) / 1e6)
 
 
 def _bench(args: argparse.Namespace) -> str:
@@ -181,19 +195,23 @@ def _bench(args: argparse.Namespace) -> str:
         rows: dict[str, list[tuple[float, float]]] = {}
         cpu: dict[str, list[float]] = {}
         on_disk = f"engine, state on {fs_of_disk} ({args.disk_dir})"
-        contenders: list[tuple[str, Callable[[int], list[tuple[float, float]]]]] = [
-            ("engine, state on tmpfs", lambda n: _time_engine(plan, roots, tmpfs_state, n)),
-            (on_disk, lambda n: _time_engine(plan, roots, disk_state, n)),
-            (f"what-if: {fs_of_disk} + fsync per journal line, state", lambda n: _time_engine(
-                plan, roots, disk_state, n, fsyncs=True)),
-            ("what-if: tmpfs + fsync per journal line, state", lambda n: _time_engine(
-                plan, roots, tmpfs_state, n, fsyncs=True)),
+        contenders: list[tuple[str, Callable[[int], tuple[list[tuple[float, float]], tuple[float, float]]]]] = [
+            ("engine, state on tmpfs", lambda n: _time_engine_cpu(plan, roots, tmpfs_state, n)),
+            (on_disk, lambda n: _time_engine_cpu(plan, roots, disk_state, n)),
         ]
+        if not args.no_what_if:
+            contenders += [
+                (f"what-if: {fs_of_disk} + fsync per journal line, state", lambda n: _time_engine_cpu(
+                    plan, roots, disk_state, n, fsyncs=True)),
+                ("what-if: tmpfs + fsync per journal line, state", lambda n: _time_engine_cpu(
+                    plan, roots, tmpfs_state, n, fsyncs=True)),
+            ]
         if exe is not None:
             contenders += [
                 ("C loop, exact syscalls", lambda n: _time_c(exe, "exact", root, n)),
                 ("C loop, minimal", lambda n: _time_c(exe, "minimal", root, n)),
             ]
+        out.write(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
         for label, run in contenders:  # warm-up: caches, page cache, the plan's compiled steps
             run(2)
             rows[label] = []
@@ -201,11 +219,10 @@ def _bench(args: argparse.Namespace) -> str:
         for r in range(args.rounds):
             shift = r % len(contenders)  # alternate who goes first
             for label, run in contenders[shift:] + contenders[:shift]:
-                before = _cpu()
-                rows[label] += run(args.per_round)
-                after = _cpu()
-                cpu[label][0] += after[0] - before[0]
-                cpu[label][1] += after[1] - before[1]
+                times, (user, system) = run(args.per_round)
+                rows[label] += times
+                cpu[label][0] += user
+                cpu[label][1] += system
         assert os.listdir(root) == ["toolchain"], os.listdir(root)
 
         n = args.rounds * args.per_round
@@ -224,15 +241,20 @@ def _bench(args: argparse.Namespace) -> str:
             user, system = (c / len(times) * 1e3 for c in cpu[label])
             out.write(f"  {label:<48} apply {a:7.3f} ms  destroy {d:7.3f} ms  total {total:7.3f} ms  (min {low:7.3f})"
                       f"  cpu user {user:6.3f} sys {system:6.3f}\n")
-        eng, eng_disk, sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[:4])
-        out.write(f"  => engine, state on disk / on tmpfs: {eng_disk / eng:.2f}x; with fsyncs: on disk "
-                  f"{sync_disk / eng:.2f}x, on tmpfs {sync_tmpfs / eng:.2f}x\n")
+        eng, eng_disk = (med[label][2] for label, _ in contenders[:2])
+        out.write(f"  => engine, state on disk / on tmpfs: {eng_disk / eng:.2f}x\n")
+        if not args.no_what_if:
+            sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[-2:])
+            out.write(f"  => what-if fsyncs / engine on tmpfs: state on disk {sync_disk / eng:.2f}x, "
+                      f"on tmpfs {sync_tmpfs / eng:.2f}x\n")
         if exe is not None:
             exact, minimal = med["C loop, exact syscalls"], med["C loop, minimal"]
-            for label, base_row in (("C exact", exact), ("C minimal", minimal)):
+            engine_cpu = sum(cpu["engine, state on tmpfs"])
+            for label, base_row, key in (("C exact", exact, "C loop, exact syscalls"),
+                                         ("C minimal", minimal, "C loop, minimal")):
                 ratio = [med["engine, state on tmpfs"][i] / base_row[i] for i in range(3)]
-                out.write(f"  => engine (tmpfs) / {label}: apply {ratio[0]:.2f}x  destroy {ratio[1]:.2f}x  "
-                          f"total {ratio[2]:.2f}x\n")
+                out.write(f"  => engine (tmpfs) / {label}: wall median apply {ratio[0]:.2f}x  destroy {ratio[1]:.2f}x  "
+                          f"total {ratio[2]:.2f}x;  cpu (user+sys) {engine_cpu / sum(cpu[key]):.2f}x\n")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -246,12 +268,6 @@ def _bench(args: argparse.Namespace) -> str:
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
     return out.getvalue()
-
-
-def _cpu() -> tuple[float, float]:
-    """User and system CPU seconds of this process and its waited-for children (the C loop)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
 
 
 def _fs_type(path: str) -> str:
@@ -273,6 +289,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds")
     parser.add_argument("--per-round", type=int, default=10, help="apply+destroy per contender per round")
     parser.add_argument("--disk-dir", default="/var/tmp", help="where the on-disk state directory goes")
+    parser.add_argument("--no-what-if", action="store_true", help="leave out the what-if fsync rows")
     parser.add_argument("--profile", action="store_true", help="cProfile 50 engine apply+destroy (state on tmpfs)")
     args = parser.parse_args()
     if os.environ.get(INNER) == "1":
