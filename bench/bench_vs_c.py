@@ -244,7 +244,7 @@ def _bench(args: argparse.Namespace) -> str:
         eng, eng_disk = (med[label][2] for label, _ in contenders[:2])
         out.write(f"  => engine, state on disk / on tmpfs: {eng_disk / eng:.2f}x\n")
         if not args.no_what_if:
-            sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[-2:])
+            sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[2:4])
             out.write(f"  => what-if fsyncs / engine on tmpfs: state on disk {sync_disk / eng:.2f}x, "
                       f"on tmpfs {sync_tmpfs / eng:.2f}x\n")
         if exe is not None:
