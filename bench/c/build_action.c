@@ -10,13 +10,13 @@
  * mkdir/creat of the mountpoint and its fstatat, openat2 beneath the root with
  * RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS, fstat (no symlink), statx for the unique
  * mount id of the target's mount and of the detached mount, one statmount of the mount
- * the root lies on (shared?), the recursive bind's submount listing, move_mount onto
+ * the root lies on (shared?), move_mount onto
  * the fd, openat2+statx after attaching (landed beneath the root?), mount_setattr for
- * propagation; destroy: statx (ours?), umount2 through /proc/self/fd, statx (gone?),
- * fstatat + unlink/rmdir of what apply created. It checks the ids it reads, as the
- * engine does. Left out: the engine's own files (journal, state, lock) and its read of
- * the live table beneath the root: that is the engine's bookkeeping, which the ratio
- * measures.
+ * propagation, and the engine's reads of the live table (statx, statmount, listmount)
+ * beneath the root and beneath the recursive bind's source; destroy: statx (ours?),
+ * umount2 through /proc/self/fd, statx (gone?), fstatat + unlink/rmdir of what apply
+ * created. It checks the ids it reads, as the engine does. Left out: the engine's own
+ * files (journal, state, lock): that bookkeeping is what the ratio prices.
  *
  * "minimal" is what a hand-written tool would do with no checks at all: mkdir,
  * fsopen/fsconfig/fsmount or open_tree, move_mount by a path relative to the root fd,
