@@ -19,6 +19,7 @@ import errno
 import functools
 import os
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -100,8 +101,13 @@ def _raise(err: int, op: str, paths: Sequence[str] = (), flags: str = "", ctx: i
     )
 
 
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _path(p: str) -> bytes:
-    return os.fsencode(p)
+    # os.fsencode for a str, without its per-call type dispatch and lookups
+    # (several calls per mount: every path argument goes through here).
+    return p.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 def read_fs_messages(fs_fd: int) -> list[str]:
