@@ -19,6 +19,8 @@ import errno
 import functools
 import os
 import struct
+import sys
+import threading
 from collections.abc import Sequence
 
 from mountplan.errors import KernelError
@@ -99,8 +101,13 @@ def _raise(err: int, op: str, paths: Sequence[str] = (), flags: str = "", ctx: i
     )
 
 
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _path(p: str) -> bytes:
-    return os.fsencode(p)
+    # os.fsencode for a str, without its per-call type dispatch and lookups
+    # (several calls per mount: every path argument goes through here).
+    return p.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 def read_fs_messages(fs_fd: int) -> list[str]:
@@ -334,12 +341,21 @@ def move_mount(
         _raise(-ret, "move_mount", [shown_target or to_path], flag_names(flags, MoveMountFlag))
 
 
+@functools.lru_cache(maxsize=64)
+def _open_how(flags: int, mode: int, resolve: int) -> bytes:
+    # The kernel only reads struct open_how: one immutable copy per combination
+    # (a handful in practice) serves every call.
+    return struct.pack("<QQQ", flags, mode, resolve)
+
+
+_OPEN_HOW_SIZE = ctypes.c_size_t(struct.calcsize("<QQQ"))
+
+
 def _openat2(
     dirfd: int, path: str, flags: OpenFlag, resolve: Resolve, mode: int, shown: str, *, missing_ok: bool
 ) -> Fd | None:
-    how = struct.pack("<QQQ", int(flags), mode, int(resolve))
-    buf = ctypes.create_string_buffer(how, len(how))
-    ret = _libc.syscall("openat2", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), buf, ctypes.c_size_t(len(how)))
+    how = _open_how(int(flags), mode, int(resolve))
+    ret = _libc.syscall("openat2", ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), ctypes.c_char_p(how), _OPEN_HOW_SIZE)
     if ret == -errno.ENOENT and missing_ok:
         return None
     if ret < 0:
@@ -399,6 +415,18 @@ class MountIds:
 _STATX_SIZE = 256
 _STX_MASK_OFFSET = 0
 _STX_MNT_ID_OFFSET = 144
+_MASK_UNIQUE, _MASK_OLD = int(StatxMask.MNT_ID_UNIQUE), int(StatxMask.MNT_ID)
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+# One statx result buffer per thread (embedders apply plans from several threads):
+# the engine asks for mount ids several times per mount.
+_buffers = threading.local()
+
+
+def _statx_buffer() -> ctypes.Array[ctypes.c_char]:
+    buf: ctypes.Array[ctypes.c_char] | None = getattr(_buffers, "statx", None)
+    if buf is None:
+        buf = _buffers.statx = ctypes.create_string_buffer(_STATX_SIZE)
+    return buf
 
 # Test seam: a profile older than 6.8 in MOUNTPLAN_KERNEL_PROFILE (scripts/emulate-kernel)
 # makes statx_mount_ids ask for the 32-bit id only, exactly what a 5.12-6.7 kernel
@@ -438,21 +466,21 @@ def statx_mount_ids(dirfd: int, path: str = "", flags: AtFlag = AtFlag.EMPTY_PAT
     ``unique`` is False, as on such a kernel; likewise where statmount is unusable
     (the live table then has 32-bit ids only).
     """
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    buf = _statx_buffer()
     if _unique_ids_usable():
-        mask = StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID
-        ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID_UNIQUE), buf)
+        ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), _MASK_UNIQUE, buf)
         if ret < 0:
-            _raise(-ret, "statx", [path] if path else [], flag_names(mask, StatxMask))
-        (got,) = struct.unpack_from("<I", buf.raw, _STX_MASK_OFFSET)
-        (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
-        if got & StatxMask.MNT_ID_UNIQUE:
+            _raise(-ret, "statx", [path] if path else [], flag_names(StatxMask.MNT_ID_UNIQUE | StatxMask.MNT_ID, StatxMask))
+        # Read in place: buf.raw would copy all 256 bytes for each field.
+        (got,) = _U32.unpack_from(buf, _STX_MASK_OFFSET)
+        (mnt_id,) = _U64.unpack_from(buf, _STX_MNT_ID_OFFSET)
+        if got & _MASK_UNIQUE:
             return MountIds(mnt_id, True)
     # Older kernels ignore the unique bit; ask for the 32-bit id explicitly.
-    ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), int(StatxMask.MNT_ID), buf)
+    ret = _libc.call(_libc.statx, dirfd, _path(path), int(flags), _MASK_OLD, buf)
     if ret < 0:
         _raise(-ret, "statx", [path] if path else [], "MNT_ID")
-    (mnt_id,) = struct.unpack_from("<Q", buf.raw, _STX_MNT_ID_OFFSET)
+    (mnt_id,) = _U64.unpack_from(buf, _STX_MNT_ID_OFFSET)
     return MountIds(mnt_id, False)
 
 

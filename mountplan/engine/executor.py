@@ -44,7 +44,7 @@ from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .saved import SavedPlan, live_snapshot, state_digest
-from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
+from .state import ManagedMount, State, StateStore, current_scope, default_state_dir, instance_key
 from .unmount import is_ours_at
 
 __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_for", "fingerprint", "root_paths"]
@@ -252,7 +252,8 @@ class Engine:
         return {name: handle.identity.to_json() for name, handle in rootset.items()}
 
     def _store(self, plan: Plan, rootset: RootSet) -> StateStore:
-        return StateStore(self.state_dir, instance_key(plan.name, self._root_json(rootset)))
+        scope = current_scope()  # once per operation: the key, the files' headers and their checks share it
+        return StateStore(self.state_dir, instance_key(plan.name, self._root_json(rootset), scope.mntns), scope=scope)
 
     def _diff(
         self, plan: Plan, rootset: RootSet, state: State, *, prune: bool, live: LiveTable,

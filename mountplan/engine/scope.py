@@ -81,9 +81,9 @@ def current_scope() -> Scope:
     return Scope(_boot_id(), ino, ns_id)
 
 
-def refuse_foreign(path: str, what: str, scope: Scope | None) -> None:
-    """Raise ForeignStateError unless ``scope`` is this boot and mount namespace."""
-    why = "carries no boot and mount namespace id" if scope is None else scope.mismatch(current_scope())
+def refuse_foreign(path: str, what: str, scope: Scope | None, now: Scope | None = None) -> None:
+    """Raise ForeignStateError unless ``scope`` is this boot and mount namespace (``now``, read if not given)."""
+    why = "carries no boot and mount namespace id" if scope is None else scope.mismatch(now or current_scope())
     if why is not None:
         raise ForeignStateError(
             f"{what} {path} {why}; refusing to act on it: the mount ids it records name nothing here. "

@@ -151,7 +151,7 @@ _SUFFIXES = (".state.json", ".journal", ".lock")
 class StateStore:
     """Files of one plan instance in a state directory, each reached through a vetted directory fd."""
 
-    def __init__(self, state_dir: str, key: str, *, dir_fd: int | None = None) -> None:
+    def __init__(self, state_dir: str, key: str, *, dir_fd: int | None = None, scope: Scope | None = None) -> None:
         self.state_dir: str = state_dir
         self.key: str = key
         self.state_path: str = os.path.join(state_dir, f"{key}.state.json")
@@ -160,6 +160,18 @@ class StateStore:
         self._dir_fd = dir_fd  # borrowed when given, else held only while locked()
         self._journal_fd: int | None = None
         self._seq = 0
+        self._scope = scope
+
+    def scope(self) -> Scope:
+        """The boot and mount namespace this store's operation runs in, read once per store.
+
+        A store serves one operation on one thread, and the engine never changes
+        namespace in the middle of one: reading /proc/thread-self/ns/mnt (four
+        syscalls) for each file it writes or checks would earn nothing.
+        """
+        if self._scope is None:
+            self._scope = current_scope()
+        return self._scope
 
     @contextlib.contextmanager
     def _dir(self, *, create: bool = True) -> Iterator[int]:
@@ -275,7 +287,7 @@ class StateStore:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
             raise StateError(f"state file {self.state_path} has format {found!r}; this mountplan reads {FORMAT}")
-        refuse_foreign(self.state_path, "state", Scope.from_json(data.get("scope") or {}))
+        refuse_foreign(self.state_path, "state", Scope.from_json(data.get("scope") or {}), self.scope())
         try:
             if not isinstance(data["roots"], dict) or not isinstance(data["mounts"], list):
                 raise TypeError("'roots' is not an object or 'mounts' is not a list")
@@ -291,7 +303,7 @@ class StateStore:
             return
         # Compact on purpose: indent= makes json fall back to its pure-Python
         # encoder, a real cost for thousands of mounts (`jq .` reads it fine).
-        doc = {**state.to_json(), "scope": current_scope().to_json()}
+        doc = {**state.to_json(), "scope": self.scope().to_json()}
         data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         with self._dir() as dfd:
             write_atomic(self.state_path, data, 0o600, dir_fd=dfd, durable=False)
@@ -312,7 +324,7 @@ class StateStore:
         self._journal_fd = self._open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._seq = 0
         try:
-            self.journal_write({"op": "begin", **header, **current_scope().to_json()})
+            self.journal_write({"op": "begin", **header, **self.scope().to_json()})
         except BaseException:
             self.journal_close(remove=False)  # an empty journal is harmless: the next reader removes it
             raise
@@ -362,7 +374,7 @@ class StateStore:
         contents = parse_journal(raw)
         for entry in contents.entries:
             if entry["op"] == "begin":
-                refuse_foreign(self.journal_path, "journal", Scope.from_json(entry))
+                refuse_foreign(self.journal_path, "journal", Scope.from_json(entry), self.scope())
         return contents
 
     def journal_read(self) -> list[dict[str, Any]]:

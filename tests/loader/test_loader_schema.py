@@ -269,3 +269,21 @@ def test_editor_keywords_accompany_every_description_and_pattern() -> None:
 def test_schema_id_is_https() -> None:
     """The $id is a stable https URL, not a URN editors cannot load."""
     assert schema()["$id"].startswith("https://")
+
+
+def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for sub in node.values():
+            yield from _nodes(sub)
+    elif isinstance(node, list):
+        for sub in node:
+            yield from _nodes(sub)
+
+
+def test_error_messages_sit_where_editors_show_them() -> None:
+    """No errorMessage stands beside ``not``: yaml-language-server reports a failed ``not`` with its own
+    "Matches a schema that is not allowed." and drops the errorMessage (scripts/check-editor-schema shows it)."""
+    with_message = [n for n in _nodes(schema()) if "errorMessage" in n or "patternErrorMessage" in n]
+    assert len(with_message) > 10
+    assert [n["errorMessage"] for n in with_message if "not" in n] == []
