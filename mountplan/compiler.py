@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mountplan.compile_objects import object_apply_chains, object_destroy_chains, object_edges
 from mountplan.errors import CompileError
-from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation
+from mountplan.model import Attr, MountKind, MountSpec, ObjectSpec, Option, Plan, Propagation
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -60,6 +61,15 @@ class StepKind(enum.Enum):
     SET_PROPAGATION = "set_propagation"
     UNMOUNT = "unmount"
     REMOVE_MOUNTPOINT = "rmdir"
+    #: planned objects (compile_objects.py): open the parent beneath the root, making missing directories
+    RESOLVE_PARENT = "resolve_parent"
+    MKDIRAT = "mkdirat"
+    CREATE_FILE = "openat_create"
+    SYMLINKAT = "symlinkat"
+    FCHOWN = "fchown"
+    FCHMOD = "fchmod"
+    #: remove a planned object, only if it is still the inode apply made
+    UNLINKAT = "unlinkat"
 
     @property
     def mutating(self) -> bool:
@@ -73,6 +83,13 @@ _MUTATING = frozenset(
         StepKind.SET_PROPAGATION,
         StepKind.UNMOUNT,
         StepKind.REMOVE_MOUNTPOINT,
+        StepKind.RESOLVE_PARENT,
+        StepKind.MKDIRAT,
+        StepKind.CREATE_FILE,
+        StepKind.SYMLINKAT,
+        StepKind.FCHOWN,
+        StepKind.FCHMOD,
+        StepKind.UNLINKAT,
     }
 )
 
@@ -117,6 +134,7 @@ class CompiledPlan:
 
     plan: Plan
     steps: tuple[Step, ...]
+    #: Run order of the plan's mounts and objects (names; objects only when the plan has some).
     mount_order: tuple[str, ...]
     edges: tuple[Edge, ...]
     _chains: dict[str, list[Step]] = field(default_factory=dict, compare=False, repr=False)
@@ -218,14 +236,21 @@ def _check_targets(mounts: tuple[MountSpec, ...]) -> None:
 
 
 def mount_order(plan: Plan) -> tuple[tuple[str, ...], tuple[Edge, ...]]:
-    """Order the plan's mounts; raise CompileError naming a cycle with its reasons."""
+    """Order the plan's mounts and objects; raise CompileError naming a cycle with its reasons."""
     _check_targets(plan.mounts)
     edges: dict[tuple[str, str], Edge] = {}
-    for edge in (*_nesting_edges(plan.mounts), *_source_edges(plan.mounts), *_after_edges(plan.mounts)):
+    found = (*_nesting_edges(plan.mounts), *_source_edges(plan.mounts), *_after_edges(plan.mounts))
+    if plan.objects:
+        found += tuple(object_edges(plan))
+    for edge in found:
         if edge.before == edge.after:
             raise CompileError(f"mount {edge.before!r} depends on itself: {edge.reason}")
         edges.setdefault((edge.before, edge.after), edge)
     index = {m.name: i for i, m in enumerate(plan.mounts)}
+    for i, obj in enumerate(plan.objects, len(index)):
+        if obj.name in index:
+            raise CompileError(f"object {obj.name!r} has the name of a mount; names are shared")
+        index[obj.name] = i
     order = _earliest_first_order(index, edges)
     if order is None:
         import networkx as nx  # only to describe the cycle
@@ -407,6 +432,8 @@ def compile_apply(plan: Plan) -> CompiledPlan:
     with _no_gc():
         order, edges = mount_order(plan)
         chains = _apply_chains(plan.mounts)
+        if plan.objects:
+            chains.update(object_apply_chains(plan.objects))
         return _assemble(plan, chains, order, edges, reverse=False)
 
 
@@ -425,6 +452,8 @@ def _compile_destroy(plan: Plan) -> CompiledPlan:
             _new_step(f"{m.name}#00:unmount", StepKind.UNMOUNT, m.name, m.root, target),
             _new_step(f"{m.name}#01:rmdir", StepKind.REMOVE_MOUNTPOINT, m.name, m.root, target),
         ]
+    if plan.objects:
+        chains.update(object_destroy_chains(plan.objects))
     return _assemble(plan, chains, tuple(reversed(order)), edges, reverse=True)
 
 
@@ -436,8 +465,8 @@ def _assemble(
     *,
     reverse: bool,
 ) -> CompiledPlan:
-    roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts})]
-    members = [(f"root:{m.root}", chains[m.name]) for m in plan.mounts]
+    roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts} | {o.root for o in plan.objects})]
+    members = [(f"root:{m.root}", chains[m.name]) for m in (*plan.mounts, *plan.objects)]
     links: list[tuple[str, str, str]] = []
     for edge in edges:
         before, after = (edge.after, edge.before) if reverse else (edge.before, edge.after)
@@ -540,6 +569,14 @@ def _storage(graph: nx.DiGraph[str]) -> tuple[_NodeAttrs, _Adjacency, _Adjacency
 # --------------------------------------------------------------------------- rendering
 
 
+def _label(plan: Plan, name: str) -> str:
+    """A graph node's label: a mount's, or an object's (``dev-fd\\ninput:dev/fd\\nsymlink -> /proc/self/fd``)."""
+    if plan.objects and name not in {m.name for m in plan.mounts}:
+        obj: ObjectSpec = plan.object(name)
+        return f"{obj.name}\\n{obj.root}:{obj.path}\\n{obj.describe()}"
+    return _mount_label(plan.mount(name))
+
+
 def _mount_label(m: MountSpec) -> str:
     what = m.fs_type if m.kind is MountKind.FILESYSTEM else f"bind {m.bind.source.render()}"  # type: ignore[union-attr]
     return f"{m.name}\\n{m.root}:{m.target}\\n{what}"
@@ -555,7 +592,7 @@ def render_dot(compiled: CompiledPlan, *, steps: bool = False) -> str:
             lines.append(f"  {json.dumps(a)} -> {json.dumps(b)};")
     else:
         for name in compiled.mount_order:
-            label = _mount_label(compiled.plan.mount(name))
+            label = _label(compiled.plan, name)
             lines.append(f'  {json.dumps(name)} [label="{label}"];')
         for edge in compiled.edges:
             lines.append(f"  {json.dumps(edge.before)} -> {json.dumps(edge.after)} [label={json.dumps(edge.reason)}];")
@@ -572,8 +609,7 @@ def render_mermaid(compiled: CompiledPlan) -> str:
     ids: dict[str, str] = {}
     lines = ["flowchart TD"]
     for name in compiled.mount_order:
-        m = compiled.plan.mount(name)
-        label = _mount_label(m).replace("\\n", "<br/>").replace('"', "#quot;")
+        label = _label(compiled.plan, name).replace("\\n", "<br/>").replace('"', "#quot;")
         lines.append(f'  {_mermaid_id(name, ids)}["{label}"]')
     for edge in compiled.edges:
         reason = edge.reason.replace('"', "#quot;")
