@@ -172,9 +172,12 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     plan = _load(args.plan, strict_kernel=False)
     result = _engine(args).destroy(plan, _roots(args))
     data = {"plan": result.plan, "removed": list(result.removed), "already_gone": list(result.already_gone)}
-    text = f"Destroy complete: {len(result.removed)} unmounted" + (
+    text = f"Destroy complete: {len(result.removed)} removed" + (
         f", {len(result.already_gone)} were already gone." if result.already_gone else "."
     )
+    if result.kept:
+        data["kept"] = list(result.kept)
+        text += "".join(f"\n  ! {why}" for why in result.kept)
     _emit(args, data, text)
     return EXIT_OK
 

@@ -2,7 +2,8 @@
 
 The action proves each part of the plan with its own exit code: it reads
 /proc/self/status, writes /tmp, cannot write the read-only tools, reads the
-tool, cannot write the read-only sysfs, and uses the /dev binds. Afterwards the
+tool, cannot write the read-only sysfs, uses the /dev binds, follows /dev/fd and
+/dev/stdin, and opens /dev/ptmx to get a pty of its private devpts. Afterwards the
 input tree can be removed and the mount table is what it was. The same action
 runs through runner.run (in place and unshared), through the Python API, and
 through ``mountplan run``.
@@ -38,6 +39,12 @@ touch /sys/x 2> /dev/null && exit 15
 echo discard > /dev/null || exit 17
 head -c 16 /dev/urandom > /tmp/random && [ -s /tmp/random ] || exit 18
 [ -c /dev/tty ] && [ -c /dev/zero ] && [ -c /dev/full ] || exit 19
+[ "$(readlink /dev/fd)" = /proc/self/fd ] && [ -e /dev/fd/0 ] && [ -e /dev/stdin ] || exit 20
+echo to-stderr > /dev/stderr 2> /dev/null || exit 21
+[ -d /dev/pts ] && [ -c /dev/pts/ptmx ] && [ -d /dev/shm ] || exit 22
+exec 3<> /dev/ptmx || exit 23
+[ -c /dev/pts/0 ] || exit 24
+exec 3>&-
 echo all-checks-passed > /done
 """
 ARGV = ["/bin/sh", "-c", ACTION]
