@@ -30,6 +30,8 @@ from .transaction import Transaction, Undo
 
 __all__ = ["with_objects", "forget_or_remove_object", "observe_object", "prune_object", "remove_object", "restore_object", "update_object"]
 
+#: A parent path beneath the root that holds a symlink (ELOOP), leaves the root (EXDEV) or a non-directory.
+_BLOCKED = frozenset({errno.ELOOP, errno.EXDEV, errno.ENOTDIR})
 _KINDS = {stat.S_IFDIR: "directory", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
 
 
@@ -50,7 +52,9 @@ def observe_object(ctx: Context, root: RootHandle, path: str) -> ObservedObject:
     if isinstance(found, KernelError):
         if found.errno == errno.ENOENT:
             return ObservedObject(Found.ABSENT)
-        return ObservedObject(Found.BLOCKED, detail=str(found))
+        if found.errno in _BLOCKED:
+            return ObservedObject(Found.BLOCKED, detail=str(found))
+        raise found
     parent, name = found
     try:
         return _observe_at(ctx, parent, name)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mountplan._kernel import BorrowedFd, Fd
 from mountplan.compiler import Step, StepKind
-from mountplan.errors import KernelError
+from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectKind, ObjectSpec
 
 from .context import Context
@@ -104,13 +104,18 @@ class ObjectMaker:
     def _mkdirat(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         k = self.ctx.backend
 
-        def make(dirfd: int, name: str, shown: str) -> Fd:
+        def make(dirfd: int, name: str, shown: str) -> None:
             k.mkdirat(dirfd, name, 0o700 if spec.mode is None else spec.mode & 0o777, shown=shown)
-            # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in after mkdirat is refused.
-            fd: Fd = k.open_directory(dirfd, name, shown=shown)
-            return fd
 
         self._create(spec, root, h, "mkdir", make)
+        assert h.parent is not None
+        shown = f"{root.name}:{spec.path}"
+        # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in after mkdirat is refused,
+        # and another directory is caught by its inode (fchmod must hit ours).
+        h.fd = k.open_directory(h.parent.fileno(), spec.path.rpartition("/")[2], shown=shown)
+        st = os.fstat(h.fd.fileno())
+        if (st.st_dev, st.st_ino) != (h.dev, h.ino):
+            raise ExecutionError(f"{shown} was replaced between mkdirat and open; left alone")
 
     def _create_file(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         k = self.ctx.backend

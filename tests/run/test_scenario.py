@@ -11,16 +11,20 @@ through ``mountplan run``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import mountplan
 from mountplan import runner
+from mountplan.serve import Server
 from mountplan.testing import mount_table_snapshot
 
 pytestmark = pytest.mark.mountns
@@ -96,6 +100,39 @@ def test_build_action_through_cli(userland: str, state_dir: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert_action_ran_and_cleaned(userland, result.returncode, before)
+
+
+def test_build_action_through_worker(userland: str, state_dir: str, tmp_path: Path) -> None:
+    """Worker mode (what `mountplan serve` runs): apply over the socket with the root's fd, run the action, destroy."""
+    before = mount_table_snapshot()
+    socket_path = str(tmp_path / "mp.sock")
+    server = Server(mountplan.load(REPO / "plans" / "build-action.yaml"), socket_path, state_dir=state_dir)
+    server.bind()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def enter_root() -> None:
+        os.chroot(userland)
+        os.chdir("/")
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(30)
+            sock.connect(socket_path)
+            fd = os.open(userland, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                socket.send_fds(sock, [json.dumps({"format_version": 1, "op": "apply", "roots": {"input": 0}}).encode()], [fd])
+            finally:
+                os.close(fd)
+            reply = json.loads(sock.recv(65536))
+            assert reply["ok"] is True, reply
+            code = subprocess.run(ARGV, preexec_fn=enter_root, check=False).returncode
+            sock.send(json.dumps({"format_version": 1, "op": "destroy", "action": reply["action"]}).encode())
+            assert json.loads(sock.recv(65536))["ok"] is True
+    finally:
+        server.stop()
+        thread.join(30)
+    assert_action_ran_and_cleaned(userland, code, before)
 
 
 def test_action_fails_without_the_plan(userland: str) -> None:
