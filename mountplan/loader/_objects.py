@@ -25,6 +25,8 @@ from mountplan.model import (
     normalize_target,
 )
 
+from mountplan.loader._schema import target_pattern
+
 if TYPE_CHECKING:
     from mountplan.loader._semantic import _Checker
     from mountplan.loader._yaml import Path
@@ -166,13 +168,12 @@ def check_objects(checker: _Checker, names: dict[str, int], targets: dict[tuple[
         if root is None and len(checker.roots) > 1:
             checker.report(doc.value_position(base), f"{label} has no root; set 'root' on it or 'defaults.root'{checker.known_roots()}")
         path = entry.get("path")
-        if not isinstance(path, str):
-            continue
+        if not isinstance(path, str) or not path or target_pattern().search(path) is None:
+            continue  # the schema reported it
         try:
             norm = normalize_target(path)
         except ValueError as exc:
-            if path and not path.startswith("/"):
-                checker.report(doc.value_position((*base, "path")), str(exc).replace("target", "path", 1))
+            checker.report(doc.value_position((*base, "path")), str(exc).replace("target", "path", 1))
             continue
         kinds = [k for k in _KINDS if k in entry]
         if root is None or len(kinds) != 1:

@@ -401,13 +401,18 @@ class _Translator:
             return  # the YAML layer reported it, at the string
         pos = self.doc.value_position(path)
         field = _field(path)
-        if field == "target":
+        if field == "target" and not (len(path) > 2 and path[-2] == "symlink"):
             if value.startswith("/"):
                 message = f"target {value!r} must be relative to its root; drop the leading '/'"
             else:
                 message = f"target {value!r} climbs out of its root with '..'"
         elif field == "path" and path[0] == "roots":
             message = f"path {value!r} of root {path[1]!r} must be absolute"
+        elif field == "path" and path[0] == "objects":
+            where = "must be relative to its root; drop the leading '/'" if value.startswith("/") else "climbs out of its root with '..'"
+            message = f"path {value!r} of {self.describe(path[:2])} {where}"
+        elif field == "target" and len(path) > 2 and path[-2] == "symlink":
+            message = f"link target {value!r} of {self.describe(path[:2])} contains a control character"
         elif field == "type":
             message = f"invalid filesystem type {value!r}"
         elif field == "mode":
@@ -415,7 +420,8 @@ class _Translator:
         elif field == "name" and len(path) == 1:
             message = f"invalid plan name {value!r}: {_IDENT_RULE}"
         elif field == "name":
-            message = f"invalid mount name {value!r}: {_IDENT_RULE}"
+            what = {"objects": "object", "devices": "device directory"}.get(str(path[0]), "mount")
+            message = f"invalid {what} name {value!r}: {_IDENT_RULE}"
         else:
             message = f"invalid root name {value!r} in {self.describe(path)}: {_IDENT_RULE}"
         self.at(pos, message)
