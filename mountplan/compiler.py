@@ -466,7 +466,8 @@ def _assemble(
     reverse: bool,
 ) -> CompiledPlan:
     roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts} | {o.root for o in plan.objects})]
-    members = [(f"root:{m.root}", chains[m.name]) for m in (*plan.mounts, *plan.objects)]
+    members = [(f"root:{m.root}", chains[m.name]) for m in plan.mounts]
+    members += [(f"root:{o.root}", chains[o.name]) for o in plan.objects]
     links: list[tuple[str, str, str]] = []
     for edge in edges:
         before, after = (edge.after, edge.before) if reverse else (edge.before, edge.after)

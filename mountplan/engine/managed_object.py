@@ -48,5 +48,6 @@ class ManagedObject:
         ids = [data.get(k, -1) for k in ("mode", "uid", "gid")]
         if not all(type(v) is int for v in ids):
             raise TypeError(f"object {data['name']!r}: mode/uid/gid are not integers")
+        mode, uid, gid = ids
         return cls(data["name"], data["root"], data["path"], data["kind"], data["dev"], data["ino"],
-                   data.get("link", ""), *ids, created=list(created))
+                   data.get("link", ""), mode, uid, gid, created=list(created))

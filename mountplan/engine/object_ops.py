@@ -28,7 +28,7 @@ from .roots import RootHandle, RootSet, resolve_parent
 from .state import State
 from .transaction import Transaction, Undo
 
-__all__ = ["with_objects", "forget_or_remove_object", "observe_object", "prune_object", "remove_object", "restore_object", "update_object"]
+__all__ = ["forget_or_remove_object", "observe_object", "prune_object", "remove_object", "restore_object", "update_object", "with_objects"]
 
 #: A parent path beneath the root that holds a symlink (ELOOP), leaves the root (EXDEV) or a non-directory.
 _BLOCKED = frozenset({errno.ELOOP, errno.EXDEV, errno.ENOTDIR})

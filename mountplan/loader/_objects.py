@@ -11,6 +11,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from mountplan.loader._schema import target_pattern
 from mountplan.model import (
     Attr,
     BindSource,
@@ -24,8 +25,6 @@ from mountplan.model import (
     SourceRef,
     normalize_target,
 )
-
-from mountplan.loader._schema import target_pattern
 
 if TYPE_CHECKING:
     from mountplan.loader._semantic import _Checker
