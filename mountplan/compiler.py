@@ -156,7 +156,7 @@ class CompiledPlan:
         return self._graph[0]
 
     def chain(self, mount: str) -> tuple[Step, ...]:
-        """The steps of one mount, in order."""
+        """The steps of one mount or planned object, in order."""
         if not self._chains:
             for step in self.steps:
                 if step.mount is not None:
