@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mountplan.changes import GONE, Action, Change, FieldChange
+from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
 from mountplan.model import ObjectKind, ObjectSpec, Plan
 
 __all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects"]
@@ -116,12 +116,13 @@ def diff_objects(
                 changes.append(Change(spec.name, spec.root, spec.path, Action.NOOP))
             continue
         if seen.found is Found.ABSENT:
-            reason = spec.describe() if rec is None else f"{spec.describe()}; {GONE.replace('mount', 'object')}"
+            reason = spec.describe() if rec is None else OBJECT_GONE
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
             continue
         if rec is None or not _is_ours(rec, seen):
             # Never ours, or replaced since: someone else's; never removed or replaced.
-            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=spec.describe()))
+            reason = spec.describe() if rec is None else OBJECT_REPLACED
+            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
             whose = "mountplan did not make" if rec is None else f"that replaced the {rec.kind} mountplan made"
             problems.append(f"{spec.name} ({where}): EEXIST: a {seen.kind} {whose} is there; it is left alone")
             continue

@@ -15,15 +15,14 @@ from .fd import Fd
 
 __all__ = ["create_file", "fchmod", "fchown", "open_directory", "symlinkat", "unlinkat"]
 
-_HINTS = {
-    errno.EEXIST: "something is already at this path; mountplan only creates what is absent",
-    errno.EINVAL: "the id is not mapped in this user namespace",
-}
-
-
 def _fail(exc: OSError, op: str, shown: str, flags: str = "") -> KernelError:
     err = exc.errno or errno.EIO
-    return KernelError(err, op, paths=[shown], flags=flags, hint=_HINTS.get(err, "") if op != "fchown" or err == errno.EINVAL else "")
+    hint = ""
+    if err == errno.EEXIST:
+        hint = "something is already at this path; mountplan only creates what is absent"
+    elif op == "fchown" and err == errno.EINVAL:
+        hint = "the uid or gid is not mapped in this user namespace"
+    return KernelError(err, op, paths=[shown], flags=flags, hint=hint)
 
 
 def symlinkat(target: str, dirfd: int, name: str, shown: str = "") -> None:

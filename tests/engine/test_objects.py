@@ -199,10 +199,23 @@ def test_a_file_replaced_by_the_user_is_reported_not_removed(tmp_path: Path, roo
     Path(root_dir, "stamp").write_text("theirs\n")
     changes = engine.plan(plan, {R: root_dir})
     assert [c.action for c in changes.changes] == [Action.CREATE]
-    assert changes.problems and "is left alone" in changes.problems[0]
+    assert changes.problems and "is left alone" in changes.problems[0] and changes.has_drift
     result = engine.destroy(plan, {R: root_dir})
     assert result.removed == () and len(result.kept) == 1 and "no longer the file mountplan made" in result.kept[0]
     assert Path(root_dir, "stamp").read_text() == "theirs\n"
+
+
+def test_a_removed_symlink_is_drift_and_made_again(tmp_path: Path, root_dir: str) -> None:
+    """rm dev/fd by hand: diff shows + (drift, not a fresh plan), apply makes it again, then nothing to do."""
+    engine = _engine(tmp_path)
+    engine.apply(_standard(), {R: root_dir})
+    os.unlink(f"{root_dir}/dev/fd")
+    changes = engine.plan(_standard(), {R: root_dir})
+    assert [(c.mount, c.action) for c in changes.changes if c.action is not Action.NOOP] == [("dev-fd", Action.CREATE)]
+    assert changes.has_drift
+    assert engine.apply(_standard(), {R: root_dir}).created == ("dev-fd",)
+    assert os.readlink(f"{root_dir}/dev/fd") == "/proc/self/fd"
+    assert not engine.plan(_standard(), {R: root_dir}).has_changes
 
 
 def test_mode_drift_is_fixed_in_place(tmp_path: Path, root_dir: str) -> None:
