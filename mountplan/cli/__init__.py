@@ -259,8 +259,14 @@ def _run_report(events: list[dict[str, Any]], unshare: bool) -> dict[str, Any]:
         return [str(e[key]) for e in events if e.get("event") == event and key in e]
 
     return {
-        "applied": {"created": names("mount.created"), "updated": names("mount.updated")},
-        "destroyed": {"removed": names("mount.removed"), "already_gone": names("destroy.gone")},
+        "applied": {
+            "created": names("mount.created") + names("object.created", "object"),
+            "updated": names("mount.updated") + names("object.updated", "object"),
+        },
+        "destroyed": {
+            "removed": names("mount.removed") + names("object.removed", "object"),
+            "already_gone": names("destroy.gone") + names("destroy.object_gone", "object"),
+        },
     }
 
 

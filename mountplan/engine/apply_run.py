@@ -99,6 +99,7 @@ engine: Engine,
                 if change.action is Action.UPDATE:
                     where = (f"{name}:update", "fix in place: " + ", ".join(f.field for f in change.fields))
                     update_object(engine.ctx, tx, rootset[objects[name].root], objects[name], state.object(name))
+                    plog.info("object.updated", object=name, fields=[f.field for f in change.fields])
                     updated.append(name)
                 elif change.action in {Action.CREATE, Action.REPLACE}:
                     todo.append(name)
