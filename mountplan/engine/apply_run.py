@@ -118,8 +118,10 @@ engine: Engine,
         # the mounts beneath it), then everything is made again in mount order.
         for name in reversed(todo):
             if name in objects:
-                replaced += forget_or_remove_object(engine.ctx, state, name, by_name[name].action, rootset, plog)
-                store.save(state)
+                if state.has_object(name):
+                    where = (f"{name}:unlinkat", "remove before replacing")
+                    replaced += forget_or_remove_object(engine.ctx, state, name, by_name[name].action, rootset, plog)
+                    store.save(state)
                 continue
             managed = managed_by_name.get(name)
             if managed is None:

@@ -56,7 +56,8 @@ def _remove_objects(
     An object that is no longer what apply made is reported and forgotten; one
     that is covered or not empty is reported and stays in the state.
     """
-    for obj in list(reversed(state.objects)):
+    for index in range(len(state.objects) - 1, -1, -1):  # newest first; deleting behind us is safe
+        obj = state.objects[index]
         if within is not None and (obj.root != within.root or within.target and not obj.path.startswith(within.target + "/")):
             continue
         root = rootset.get(obj.root)
@@ -71,7 +72,7 @@ def _remove_objects(
             kept.append(why)
             if still_ours:
                 continue
-        state.objects.remove(obj)
+        del state.objects[index]
 
 
 def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
