@@ -174,6 +174,42 @@ def test_planted_symlink_where_a_symlink_goes_is_left_alone(tmp_path: Path, root
     assert os.readlink(f"{root_dir}/l") == "/etc"
 
 
+class _RaceBefore:
+    """The real backend; writes a file of someone else's at the target just before ``name`` runs."""
+
+    def __init__(self, name: str) -> None:
+        self._inner = KernelBackend()
+        self._name = name
+
+    def __getattr__(self, name: str) -> Any:
+        func = getattr(self._inner, name)
+        if name != self._name:
+            return func
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            dirfd = args[1] if name == "symlinkat" else args[0]
+            entry = args[2] if name == "symlinkat" else args[1]
+            fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dirfd)
+            os.write(fd, b"theirs\n")
+            os.close(fd)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+
+@pytest.mark.parametrize("call", ["create_file", "symlinkat", "mkdirat"])
+def test_a_file_raced_in_before_the_create_is_left_alone(tmp_path: Path, root_dir: str, call: str) -> None:
+    """A file appears between the existence check and the create (EEXIST): rollback must not remove it."""
+    plan = _plan(_file("f", "x"), with_mounts=False) if call == "create_file" else (
+        _plan(_sym("l", "x", "/etc"), with_mounts=False) if call == "symlinkat" else _plan(_dir("d", "x"), with_mounts=False)
+    )
+    with pytest.raises(ExecutionError) as info:
+        _engine(tmp_path, _RaceBefore(call)).apply(plan, {R: root_dir})
+    assert isinstance(info.value.__cause__, KernelError) and info.value.__cause__.errno_name == "EEXIST"
+    assert info.value.leftovers == ()
+    assert Path(root_dir, "x").read_text() == "theirs\n"
+
+
 def test_destroy_through_a_swapped_parent_removes_nothing_outside(tmp_path: Path, root_dir: str) -> None:
     """After apply the parent becomes a symlink to a twin tree outside: destroy refuses to cross it."""
     outside = tmp_path / "outside"
@@ -247,11 +283,12 @@ def test_a_changed_link_target_is_replaced(tmp_path: Path, root_dir: str) -> Non
 
 
 class _KillAfter:
-    """The real backend; SIGKILLs this process right after the first call of ``name`` returns."""
+    """The real backend; SIGKILLs this process right after the first call of ``name`` returns (or before it)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, before: bool = False) -> None:
         self._inner = KernelBackend()
         self._name = name
+        self._before = before
 
     def __getattr__(self, name: str) -> Any:
         func = getattr(self._inner, name)
@@ -259,7 +296,7 @@ class _KillAfter:
             return func
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            out = func(*args, **kwargs)
+            out = None if self._before else func(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
             return out
 
@@ -283,3 +320,21 @@ def test_recover_undoes_objects_of_a_killed_apply(tmp_path: Path, root_dir: str,
     result = Engine(state_dir=state_dir).recover()
     assert result.leftovers == (), result.leftovers
     assert _plans.snapshot(root_dir) == before
+
+
+def test_recover_leaves_a_symlink_it_did_not_make(tmp_path: Path, root_dir: str) -> None:
+    """Killed after journaling a symlink but before making it; someone else's symlink is there now: kept."""
+    state_dir = str(tmp_path / "state")
+    plan = _plan(_sym("l", "l", "/proc/self/fd"), with_mounts=False)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Engine(backend=_KillAfter("symlinkat", before=True), state_dir=state_dir).apply(plan, {R: root_dir})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    os.symlink("/etc", f"{root_dir}/l")
+    result = Engine(state_dir=state_dir).recover()
+    assert os.readlink(f"{root_dir}/l") == "/etc"
+    assert len(result.leftovers) == 1 and "not the symlink" in result.leftovers[0]
