@@ -243,9 +243,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan = _load(args.plan, strict_kernel=False)
     store, state = _engine(args).load_state(plan, _roots(args))
     mounts = [] if state is None else [m.to_json() for m in state.mounts]
+    objects = [] if state is None else [o.to_json() for o in state.objects]
     lines = [f"{m['name']:<20} {m['root']}:{m['target']}  mnt_id={m['mnt_id']}" for m in mounts]
-    lines.append(f"{len(mounts)} mount(s) managed; state {store.state_path}")
-    _emit(args, {"plan": plan.name, "state_file": store.state_path, "mounts": mounts}, "\n".join(lines))
+    lines += [f"{o['name']:<20} {o['root']}:{o['path']}  {o['kind']} ino={o['ino']}" for o in objects]
+    lines.append(f"{len(mounts)} mount(s)" + (f" and {len(objects)} object(s)" if objects else "")
+                 + f" managed; state {store.state_path}")
+    data: dict[str, Any] = {"plan": plan.name, "state_file": store.state_path, "mounts": mounts}
+    if objects:
+        data["objects"] = objects
+    _emit(args, data, "\n".join(lines))
     return EXIT_OK
 
 
