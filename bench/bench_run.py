@@ -64,7 +64,7 @@ roots = sys.argv.pop(1).split(":")
 fast = functools.partial(lt.read_live_table, beneath=roots)
 for name in ENGINE_READERS:
     module = importlib.import_module("mountplan.engine." + name)
-    module.read_live_table = lambda source=lt.TableSource.AUTO: fast(source)
+    module.read_live_table = lambda source=lt.TableSource.AUTO, beneath=None: fast(source)
 from mountplan.cli import main
 sys.exit(main())
 """.replace("ENGINE_READERS", repr(ENGINE_READERS))
@@ -240,8 +240,8 @@ def _engine_patched(roots: list[str]) -> Callable[[], None]:
     saved = [getattr(m, "read_live_table") for m in modules]  # noqa: B009 - not re-exported for mypy
     fast = functools.partial(lt.read_live_table, beneath=roots)
 
-    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO) -> lt.LiveTable:
-        return fast(source)
+    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO, beneath: object = None) -> lt.LiveTable:
+        return fast(source)  # the engine now passes beneath= itself; the demonstration keeps its own roots
 
     for m in modules:
         setattr(m, "read_live_table", beneath_roots)  # noqa: B010
