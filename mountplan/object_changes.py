@@ -20,7 +20,7 @@ from typing import Protocol
 from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
 from mountplan.model import ObjectKind, ObjectSpec, Plan
 
-__all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects"]
+__all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
 
 
 class Found(enum.Enum):
@@ -47,6 +47,7 @@ class ObservedObject:
     gid: int = 0
     link: str = ""
     detail: str = ""
+    btime: int | None = None
 
 
 class RecordedObject(Protocol):
@@ -59,10 +60,17 @@ class RecordedObject(Protocol):
     dev: int
     ino: int
     link: str
+    btime: int | None
+
+
+def is_same_object(rec: RecordedObject, seen: ObservedObject) -> bool:
+    """The object at the path is the one recorded: device, inode, kind and (where both have one) birth time."""
+    same_birth = rec.btime is None or seen.btime is None or rec.btime == seen.btime
+    return seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (rec.dev, rec.ino, rec.kind) and same_birth
 
 
 def _is_ours(rec: RecordedObject, seen: ObservedObject) -> bool:
-    return seen.found is Found.PRESENT and (seen.dev, seen.ino) == (rec.dev, rec.ino) and seen.kind == rec.kind
+    return is_same_object(rec, seen)
 
 
 def _drift(spec: ObjectSpec, seen: ObservedObject) -> tuple[FieldChange, ...]:

@@ -27,12 +27,15 @@ class ManagedObject:
     uid: int = -1
     gid: int = -1
     created: list[dict[str, Any]] = field(default_factory=list)
+    #: birth time (ns) where the filesystem records one: an inode number freed and
+    #: handed out again (ext4 does at once) is a different object
+    btime: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "root": self.root, "path": self.path, "kind": self.kind, "dev": self.dev,
             "ino": self.ino, "link": self.link, "mode": self.mode, "uid": self.uid, "gid": self.gid,
-            "created": self.created,
+            "created": self.created, "btime": self.btime,
         }
 
     @classmethod
@@ -49,5 +52,8 @@ class ManagedObject:
         if not all(type(v) is int for v in ids):
             raise TypeError(f"object {data['name']!r}: mode/uid/gid are not integers")
         mode, uid, gid = ids
+        btime = data.get("btime")
+        if not (btime is None or type(btime) is int):
+            raise TypeError(f"object {data['name']!r}: btime is not an integer")
         return cls(data["name"], data["root"], data["path"], data["kind"], data["dev"], data["ino"],
-                   data.get("link", ""), mode, uid, gid, created=list(created))
+                   data.get("link", ""), mode, uid, gid, created=list(created), btime=btime)

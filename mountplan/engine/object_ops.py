@@ -19,7 +19,7 @@ from mountplan._kernel import AtFlag, Fd
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectSpec, Plan
-from mountplan.object_changes import Found, ObservedObject, diff_objects
+from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_object
 
 from .context import Context
 from .managed_object import ManagedObject
@@ -73,8 +73,10 @@ def _observe_at(ctx: Context, parent: Fd, name: str) -> ObservedObject:
         if here.mnt_id != ctx.backend.statx_mount_ids(parent.fileno()).mnt_id:
             return ObservedObject(Found.COVERED)
     link = os.readlink(name, dir_fd=parent.fileno()) if stat.S_ISLNK(st.st_mode) else ""
+    evidence = ctx.backend.root_evidence(parent.fileno(), name, AtFlag(0))
+    btime = evidence.btime_ns if evidence.ino == st.st_ino else None
     return ObservedObject(Found.PRESENT, _kind(st), st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode),
-                          st.st_uid, st.st_gid, link)
+                          st.st_uid, st.st_gid, link, btime=btime)
 
 
 def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) -> tuple[str, bool] | None:
@@ -99,7 +101,7 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
             return None
         if seen.found is Found.COVERED:
             return f"{obj.kind} {shown} (object {obj.name!r}) is covered by a mount mountplan did not make; left alone", True
-        if (seen.dev, seen.ino, seen.kind) != (obj.dev, obj.ino, obj.kind) or seen.link != obj.link:
+        if not is_same_object(obj, seen) or seen.link != obj.link:
             what = f"a {seen.kind}" + (f" -> {seen.link!r}" if seen.link else "")
             return (f"{shown} (object {obj.name!r}) is no longer the {obj.kind} mountplan made (it is {what} "
                     f"with inode {seen.ino}, not {obj.ino}); left alone"), False

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mountplan._kernel import BorrowedFd, Fd
+from mountplan._kernel import AtFlag, BorrowedFd, Fd
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectKind, ObjectSpec
@@ -39,6 +39,7 @@ class ObjectHandles:
     fd: Fd | None = None  # the directory or file made (symlinks have none)
     dev: int = 0
     ino: int = 0
+    btime: int | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -68,7 +69,7 @@ class ObjectMaker:
         return ManagedObject(
             spec.name, spec.root, spec.path, spec.kind.value, h.dev, h.ino, spec.link or "",
             -1 if spec.mode is None else spec.mode, -1 if spec.uid is None else spec.uid,
-            -1 if spec.gid is None else spec.gid, created=h.created,
+            -1 if spec.gid is None else spec.gid, created=h.created, btime=h.btime,
         )
 
     def _resolve_parent(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
@@ -100,6 +101,8 @@ class ObjectMaker:
         st = os.fstat(h.fd.fileno()) if h.fd is not None else os.stat(name, dir_fd=h.parent.fileno(), follow_symlinks=False)
         h.dev, h.ino = st.st_dev, st.st_ino
         self.tx.created(item, st.st_dev, st.st_ino)
+        evidence = self.ctx.backend.root_evidence(h.parent.fileno(), name, AtFlag(0))
+        h.btime = evidence.btime_ns if evidence.ino == st.st_ino else None
 
     def _mkdirat(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         k = self.ctx.backend

@@ -89,8 +89,9 @@ objects:
   whatever the umask). Something already at the path is never taken over: apply fails
   with `EEXIST` and undoes everything, and `plan` says so first (exit 4, like a mount the kernel refuses).
 - **Undo and destroy.** Each creation is journaled before its syscall and then recorded
-  by device and inode. Rollback, recovery and destroy remove an object only while it is
-  still that inode (a symlink also still holding its text); anything else at its path
+  by device, inode and birth time (ext4 hands a freed inode number out again at once).
+  Rollback, recovery and destroy remove an object only while it is still that inode (a
+  symlink also still holding its text); anything else at its path
   is reported and left alone (a replaced object is forgotten, a directory someone
   filled or a mount covers stays in the state).
 - **Drift.** `plan`/`diff` show a missing object as `+`, a directory or file of ours
