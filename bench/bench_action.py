@@ -63,7 +63,7 @@ def _bench(api_n: int, cli_n: int, run_n: int) -> list[str]:
             (
                 f"kernel {os.uname().release}, python {sys.version.split()[0]}, "
                 f"{'root' if is_privileged() else 'unprivileged (user namespace)'}, "
-                f"plan build-action ({len(plan.mounts)} mounts)"
+                f"plan build-action ({len(plan.mounts)} mounts, {len(plan.objects)} objects)"
             )
         ]
 

@@ -64,7 +64,7 @@ roots = sys.argv.pop(1).split(":")
 fast = functools.partial(lt.read_live_table, beneath=roots)
 for name in ENGINE_READERS:
     module = importlib.import_module("mountplan.engine." + name)
-    module.read_live_table = lambda source=lt.TableSource.AUTO: fast(source)
+    module.read_live_table = lambda source=lt.TableSource.AUTO, beneath=None: fast(source)
 from mountplan.cli import main
 sys.exit(main())
 """.replace("ENGINE_READERS", repr(ENGINE_READERS))
@@ -98,8 +98,15 @@ def _alternate(cases: dict[str, tuple[list[str], dict[str, str]]], n: int) -> di
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cases}
     # Warm-up: page cache, bytecode, plan cache. cwd is the tmpfs, never the checkout:
     # `python -m` puts the cwd first on sys.path, which would shadow PYTHONPATH.
-    for argv, env in cases.values():
-        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, cwd=BASE)
+    for label, (argv, env) in list(cases.items()):
+        done = subprocess.run(argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=BASE)
+        if done.returncode != 0 and label.startswith("mountplan run (before"):
+            # The old engine files cannot run today's plan (its devices and symlinks
+            # are planned objects, newer than them): say so instead of timing a failure.
+            print(f"  ({label}: exits {done.returncode} on today's plan, left out)", file=sys.stderr)
+            del cases[label], results[label]
+        elif done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, argv, stderr=done.stderr)
     for _ in range(n):
         for label, (argv, env) in cases.items():
             wall, cpu = _timed_process(argv, env)
@@ -156,6 +163,11 @@ def _bench_run(n: int, before: str) -> list[str]:
         "mount -t tmpfs -o size=64k,mode=0755,nosuid,nodev,noexec dev $R/dev; "
         "for d in null zero full random urandom tty; do : > $R/dev/$d; mount --bind /dev/$d $R/dev/$d; "
         "mount -o remount,bind,nosuid,noexec $R/dev/$d; done; "
+        "mkdir $R/dev/pts $R/dev/shm; "
+        "mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts $R/dev/pts; "
+        "mount -t tmpfs -o mode=1777,nosuid,nodev shm $R/dev/shm; "
+        "ln -s /proc/self/fd $R/dev/fd; ln -s /proc/self/fd/0 $R/dev/stdin; ln -s /proc/self/fd/1 $R/dev/stdout; "
+        "ln -s /proc/self/fd/2 $R/dev/stderr; ln -s pts/ptmx $R/dev/ptmx; "
         "mount -t tmpfs -o size=256M,mode=1777,nosuid,nodev tmp $R/tmp; "
         "mount --bind $R/toolchain $R/opt/tools; mount -o remount,bind,ro,nosuid,nodev $R/opt/tools; /bin/true"
     )
@@ -173,11 +185,12 @@ def _bench_run(n: int, before: str) -> list[str]:
     res = _alternate(cases, n)
     floor = _med(res["bwrap, same mounts"][0]) if bwrap else None
     shell = _med(res["shell: unshare + mount(8)"][0])
-    lines = [f"1. whole process, plans/build-action.yaml (11 mounts), {n} alternating rounds; ratio = wall / bwrap"]
+    lines = [f"1. whole process, plans/build-action.yaml (13 mounts, 5 symlinks), {n} alternating rounds; ratio = wall / bwrap"]
     lines += [_row(k, *v, floor) for k, v in res.items()]
     now = _med(res["mountplan run (now)"][0])
-    lines.append(f"  => mountplan run / shell script: {now / shell:.2f}x; before / now: "
-                 f"{_med(res[f'mountplan run (before: {before})'][0]) / now:.1f}x")
+    old_run = res.get(f"mountplan run (before: {before})")
+    lines.append(f"  => mountplan run / shell script: {now / shell:.2f}x"
+                 + (f"; before / now: {_med(old_run[0]) / now:.1f}x" if old_run else ""))
     return lines
 
 
@@ -227,8 +240,8 @@ def _engine_patched(roots: list[str]) -> Callable[[], None]:
     saved = [getattr(m, "read_live_table") for m in modules]  # noqa: B009 - not re-exported for mypy
     fast = functools.partial(lt.read_live_table, beneath=roots)
 
-    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO) -> lt.LiveTable:
-        return fast(source)
+    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO, beneath: object = None) -> lt.LiveTable:
+        return fast(source)  # the engine now passes beneath= itself; the demonstration keeps its own roots
 
     for m in modules:
         setattr(m, "read_live_table", beneath_roots)  # noqa: B010

@@ -6,7 +6,7 @@ Everything runs in a private mount namespace the script makes (root: re-exec
 under ``unshare -m --propagation private``; otherwise
 mountplan.testing.run_in_sandbox), with the roots, the state dirs and the socket
 on a private tmpfs mounted there (/tmp is ext4 on this VM). The plan is
-plans/build-action.yaml (11 mounts).
+plans/build-action.yaml (13 mounts, 5 symlinks).
 
 Each round times, in alternating order (so drift in the machine hits both alike):
 
@@ -170,7 +170,7 @@ def _bench(rounds: int, warmup: int) -> list[str]:
             (
                 f"kernel {os.uname().release}, python {sys.version.split()[0]}, "
                 f"{'root' if is_privileged() else 'unprivileged (user namespace)'}, {os.cpu_count()} cpus, "
-                f"plan build-action ({len(plan.mounts)} mounts), roots + state + socket on a private tmpfs"
+                f"plan build-action ({len(plan.mounts)} mounts, {len(plan.objects)} objects), roots + state + socket on a private tmpfs"
             ),
             f"{rounds} alternating rounds after {warmup} warm-up rounds; per action = apply + destroy",
         ]

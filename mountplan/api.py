@@ -158,7 +158,7 @@ def destroy(
     lazy: bool = False,
     engine: EngineLike | None = None,
 ) -> DestroyResult:
-    """Unmount what ``apply`` made (innermost first) and remove the mountpoints it created."""
+    """Unmount what ``apply`` made (innermost first) and remove the mountpoints and objects it created."""
     eng = engine or Engine(state_dir=_dir(state_dir), lock_timeout=lock_timeout, lazy=lazy)
     return eng.destroy(_plan(plan), _roots(roots))
 

@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 
 #: Reason of a CREATE whose earlier mount vanished (drift), unlike a never-applied one.
 GONE = "the mount mountplan made is gone"
+#: Reasons of a CREATE of a planned object that is drift: it vanished, or something else took its path.
+OBJECT_GONE = "the object mountplan made is gone"
+OBJECT_REPLACED = "the object mountplan made was replaced by something it did not make"
 
 #: The attribute bits a plan controls (IDMAP is not plan-controlled).
 _PLANNED_BITS = (
@@ -132,7 +135,7 @@ class ChangeSet:
         """
         drifted = {Action.UPDATE, Action.REPLACE}
         return bool(self.foreign) or any(
-            c.action in drifted or (c.action is Action.CREATE and c.reason == GONE)
+            c.action in drifted or (c.action is Action.CREATE and c.reason in (GONE, OBJECT_GONE, OBJECT_REPLACED))
             for c in self.changes
         )
 

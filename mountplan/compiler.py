@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mountplan.compile_objects import object_apply_chains, object_destroy_chains, object_edges
 from mountplan.errors import CompileError
 from mountplan.model import Attr, MountSpec, Option, Plan, Propagation
 
@@ -57,6 +58,15 @@ class StepKind(enum.Enum):
     SET_PROPAGATION = "set_propagation"
     UNMOUNT = "unmount"
     REMOVE_MOUNTPOINT = "rmdir"
+    #: planned objects (compile_objects.py): open the parent beneath the root, making missing directories
+    RESOLVE_PARENT = "resolve_parent"
+    MKDIRAT = "mkdirat"
+    CREATE_FILE = "openat_create"
+    SYMLINKAT = "symlinkat"
+    FCHOWN = "fchown"
+    FCHMOD = "fchmod"
+    #: remove a planned object, only if it is still the inode apply made
+    UNLINKAT = "unlinkat"
 
     @property
     def mutating(self) -> bool:
@@ -70,6 +80,13 @@ _MUTATING = frozenset(
         StepKind.SET_PROPAGATION,
         StepKind.UNMOUNT,
         StepKind.REMOVE_MOUNTPOINT,
+        StepKind.RESOLVE_PARENT,
+        StepKind.MKDIRAT,
+        StepKind.CREATE_FILE,
+        StepKind.SYMLINKAT,
+        StepKind.FCHOWN,
+        StepKind.FCHMOD,
+        StepKind.UNLINKAT,
     }
 )
 
@@ -114,6 +131,7 @@ class CompiledPlan:
 
     plan: Plan
     steps: tuple[Step, ...]
+    #: Run order of the plan's mounts and objects (names; objects only when the plan has some).
     mount_order: tuple[str, ...]
     edges: tuple[Edge, ...]
     _chains: dict[str, list[Step]] = field(default_factory=dict, compare=False, repr=False)
@@ -135,7 +153,7 @@ class CompiledPlan:
         return self._graph[0]
 
     def chain(self, mount: str) -> tuple[Step, ...]:
-        """The steps of one mount, in order."""
+        """The steps of one mount or planned object, in order."""
         if not self._chains:
             for step in self.steps:
                 if step.mount is not None:
@@ -215,14 +233,21 @@ def _check_targets(mounts: tuple[MountSpec, ...]) -> None:
 
 
 def mount_order(plan: Plan) -> tuple[tuple[str, ...], tuple[Edge, ...]]:
-    """Order the plan's mounts; raise CompileError naming a cycle with its reasons."""
+    """Order the plan's mounts and objects; raise CompileError naming a cycle with its reasons."""
     _check_targets(plan.mounts)
     edges: dict[tuple[str, str], Edge] = {}
-    for edge in (*_nesting_edges(plan.mounts), *_source_edges(plan.mounts), *_after_edges(plan.mounts)):
+    found = (*_nesting_edges(plan.mounts), *_source_edges(plan.mounts), *_after_edges(plan.mounts))
+    if plan.objects:
+        found += tuple(object_edges(plan))
+    for edge in found:
         if edge.before == edge.after:
             raise CompileError(f"mount {edge.before!r} depends on itself: {edge.reason}")
         edges.setdefault((edge.before, edge.after), edge)
     index = {m.name: i for i, m in enumerate(plan.mounts)}
+    for i, obj in enumerate(plan.objects, len(index)):
+        if obj.name in index:
+            raise CompileError(f"object {obj.name!r} has the name of a mount; names are shared")
+        index[obj.name] = i
     order = _earliest_first_order(index, edges)
     if order is None:
         import networkx as nx  # only to describe the cycle
@@ -404,6 +429,8 @@ def compile_apply(plan: Plan) -> CompiledPlan:
     with _no_gc():
         order, edges = mount_order(plan)
         chains = _apply_chains(plan.mounts)
+        if plan.objects:
+            chains.update(object_apply_chains(plan.objects))
         return _assemble(plan, chains, order, edges, reverse=False)
 
 
@@ -422,6 +449,8 @@ def _compile_destroy(plan: Plan) -> CompiledPlan:
             _new_step(f"{m.name}#00:unmount", StepKind.UNMOUNT, m.name, m.root, target),
             _new_step(f"{m.name}#01:rmdir", StepKind.REMOVE_MOUNTPOINT, m.name, m.root, target),
         ]
+    if plan.objects:
+        chains.update(object_destroy_chains(plan.objects))
     return _assemble(plan, chains, tuple(reversed(order)), edges, reverse=True)
 
 
@@ -433,8 +462,9 @@ def _assemble(
     *,
     reverse: bool,
 ) -> CompiledPlan:
-    roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts})]
+    roots = [_root_step(r) for r in sorted({m.root for m in plan.mounts} | {o.root for o in plan.objects})]
     members = [(f"root:{m.root}", chains[m.name]) for m in plan.mounts]
+    members += [(f"root:{o.root}", chains[o.name]) for o in plan.objects]
     links: list[tuple[str, str, str]] = []
     for edge in edges:
         before, after = (edge.after, edge.before) if reverse else (edge.before, edge.after)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import networkx as nx
 
 from mountplan.compiler import CompiledPlan, Edge
-from mountplan.model import Attr, MountSpec
+from mountplan.model import Attr, MountSpec, ObjectSpec
 
 __all__ = ["mount_edges", "render_dot", "render_mermaid"]
 
@@ -79,9 +79,16 @@ def mount_label(m: MountSpec) -> tuple[str, ...]:
     return (m.name, f"{m.root}:{m.target}", what, f"attrs: {attrs}", f"propagation: {m.propagation.value}")
 
 
-def _mounts_by_name(compiled: CompiledPlan) -> dict[str, MountSpec]:
+def object_label(obj: ObjectSpec) -> tuple[str, ...]:
+    """The lines of a planned object's node: name, root:path, what it is."""
+    return (obj.name, f"{obj.root}:{obj.path}", obj.describe())
+
+
+def _labels(compiled: CompiledPlan) -> dict[str, tuple[str, ...]]:
     # Plan.mount scans the list: once per node is quadratic in a 10,000-mount plan.
-    return {m.name: m for m in compiled.plan.mounts}
+    labels = {m.name: mount_label(m) for m in compiled.plan.mounts}
+    labels.update((o.name, object_label(o)) for o in compiled.plan.objects)
+    return labels
 
 
 def _dot_text(lines: Iterable[str]) -> str:
@@ -99,9 +106,9 @@ def render_dot(compiled: CompiledPlan, *, steps: bool = False) -> str:
         for a, b in _step_edges(compiled):
             lines.append(f"  {_dot_text([a])} -> {_dot_text([b])};")
     else:
-        mounts = _mounts_by_name(compiled)
+        labels = _labels(compiled)
         for name in compiled.mount_order:
-            label = _dot_text(mount_label(mounts[name]))
+            label = _dot_text(labels[name])
             lines.append(f"  {_dot_text([name])} [label={label}];")
         for edge in mount_edges(compiled):
             ends = f"{_dot_text([edge.before])} -> {_dot_text([edge.after])}"
@@ -117,10 +124,10 @@ def _mermaid_text(lines: Iterable[str]) -> str:
 def render_mermaid(compiled: CompiledPlan) -> str:
     """Mermaid flowchart of the mounts and why each edge exists (renders in code review)."""
     ids = {name: f"m{index}" for index, name in enumerate(compiled.mount_order)}
-    mounts = _mounts_by_name(compiled)
+    labels = _labels(compiled)
     lines = ["flowchart TD"]
     for name in compiled.mount_order:
-        lines.append(f'  {ids[name]}["{_mermaid_text(mount_label(mounts[name]))}"]')
+        lines.append(f'  {ids[name]}["{_mermaid_text(labels[name])}"]')
     for edge in mount_edges(compiled):
         lines.append(f'  {ids[edge.before]} -->|"{_mermaid_text([edge.reason])}"| {ids[edge.after]}')
     return "\n".join(lines) + "\n"

@@ -20,6 +20,8 @@ __all__ = [
     "MountSpec",
     "MountpointKind",
     "MountpointSpec",
+    "ObjectKind",
+    "ObjectSpec",
     "Option",
     "Plan",
     "Propagation",
@@ -215,15 +217,60 @@ def overlay_layer_refs(opt: Option, root: str) -> list[SourceRef]:
     return out
 
 
+class ObjectKind(enum.Enum):
+    """What a planned object is (``objects[]`` in a plan)."""
+
+    DIRECTORY = "directory"
+    FILE = "file"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSpec:
+    """A directory, empty file or symlink that apply creates beneath a root (and destroy removes).
+
+    ``mode`` is exact (applied with fchmod, whatever the umask); ``uid``/``gid``
+    None leave the owner as created. ``link`` is a symlink's target text, stored
+    as written and never followed by mountplan.
+    """
+
+    name: str
+    root: str
+    path: str  # normalised like a mount target
+    kind: ObjectKind
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    link: str | None = None
+
+    def describe(self) -> str:
+        """``symlink -> /proc/self/fd``, ``directory 0755``, ``file 0644 uid=0``."""
+        if self.kind is ObjectKind.SYMLINK:
+            return f"symlink -> {self.link}"
+        text = f"{self.kind.value} {self.mode:04o}" if self.mode is not None else self.kind.value
+        if self.uid is not None:
+            text += f" uid={self.uid}"
+        if self.gid is not None:
+            text += f" gid={self.gid}"
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A validated plan. ``mounts`` keep plan order; the compiler decides run order."""
+    """A validated plan. ``mounts`` and ``objects`` keep plan order; the compiler decides run order."""
 
     name: str
     roots: tuple[RootSpec, ...]
     mounts: tuple[MountSpec, ...]
     version: int = 1
     source_file: str | None = None
+    objects: tuple[ObjectSpec, ...] = ()
+
+    def object(self, name: str) -> ObjectSpec:
+        for obj in self.objects:
+            if obj.name == name:
+                return obj
+        raise KeyError(name)
 
     def root(self, name: str) -> RootSpec:
         for root in self.roots:

@@ -26,6 +26,7 @@ from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .identity import RootEvidence, root_evidence
 from .legacy import remount_attrs, set_propagation
+from .objects import create_file, fchmod, fchown, open_directory, symlinkat, unlinkat
 from .syscalls import (
     MountIds,
     fsconfig_create,
@@ -69,8 +70,11 @@ __all__ = [
     "Resolve",
     "RootEvidence",
     "UmountFlag",
+    "create_file",
     "detach_fd",
     "detect",
+    "fchmod",
+    "fchown",
     "flag_names",
     "fsconfig_create",
     "fsconfig_create_excl",
@@ -87,6 +91,7 @@ __all__ = [
     "mkdirat",
     "mount_setattr",
     "move_mount",
+    "open_directory",
     "open_tree",
     "open_tree_attr",
     "openat2",
@@ -96,5 +101,7 @@ __all__ = [
     "root_evidence",
     "set_propagation",
     "statx_mount_ids",
+    "symlinkat",
     "umount_at",
+    "unlinkat",
 ]

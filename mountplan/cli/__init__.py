@@ -172,9 +172,12 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     plan = _load(args.plan, strict_kernel=False)
     result = _engine(args).destroy(plan, _roots(args))
     data = {"plan": result.plan, "removed": list(result.removed), "already_gone": list(result.already_gone)}
-    text = f"Destroy complete: {len(result.removed)} unmounted" + (
+    text = f"Destroy complete: {len(result.removed)} removed" + (
         f", {len(result.already_gone)} were already gone." if result.already_gone else "."
     )
+    if result.kept:
+        data["kept"] = list(result.kept)
+        text += "".join(f"\n  ! {why}" for why in result.kept)
     _emit(args, data, text)
     return EXIT_OK
 
@@ -240,9 +243,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan = _load(args.plan, strict_kernel=False)
     store, state = _engine(args).load_state(plan, _roots(args))
     mounts = [] if state is None else [m.to_json() for m in state.mounts]
+    objects = [] if state is None else [o.to_json() for o in state.objects]
     lines = [f"{m['name']:<20} {m['root']}:{m['target']}  mnt_id={m['mnt_id']}" for m in mounts]
-    lines.append(f"{len(mounts)} mount(s) managed; state {store.state_path}")
-    _emit(args, {"plan": plan.name, "state_file": store.state_path, "mounts": mounts}, "\n".join(lines))
+    lines += [f"{o['name']:<20} {o['root']}:{o['path']}  {o['kind']} ino={o['ino']}" for o in objects]
+    lines.append(f"{len(mounts)} mount(s)" + (f" and {len(objects)} object(s)" if objects else "")
+                 + f" managed; state {store.state_path}")
+    data: dict[str, Any] = {"plan": plan.name, "state_file": store.state_path, "mounts": mounts}
+    if objects:
+        data["objects"] = objects
+    _emit(args, data, "\n".join(lines))
     return EXIT_OK
 
 
@@ -256,8 +265,14 @@ def _run_report(events: list[dict[str, Any]], unshare: bool) -> dict[str, Any]:
         return [str(e[key]) for e in events if e.get("event") == event and key in e]
 
     return {
-        "applied": {"created": names("mount.created"), "updated": names("mount.updated")},
-        "destroyed": {"removed": names("mount.removed"), "already_gone": names("destroy.gone")},
+        "applied": {
+            "created": names("mount.created") + names("object.created", "object"),
+            "updated": names("mount.updated") + names("object.updated", "object"),
+        },
+        "destroyed": {
+            "removed": names("mount.removed") + names("object.removed", "object"),
+            "already_gone": names("destroy.gone") + names("destroy.object_gone", "object"),
+        },
     }
 
 

@@ -17,11 +17,13 @@ from mountplan.model import Plan
 from .attach import Attacher, Handles
 from .destroy import remove_managed
 from .fingerprint import fingerprint
+from .object_ops import forget_or_remove_object, prune_object, update_object
+from .objects import ObjectHandles, ObjectMaker
 from .privateroot import make_roots_private
 from .recovery import rollback
 from .results import ApplyResult
 from .roots import RootSet
-from .state import ManagedMount, State, StateStore
+from .state import ManagedMount, ManagedObject, State, StateStore
 from .transaction import Transaction
 from .update import update_in_place
 
@@ -73,6 +75,8 @@ engine: Engine,
     specs = {m.name: m for m in plan.mounts}
     managed_by_name = {m.name: m for m in state.mounts}
     new_prints: list[tuple[ManagedMount, str]] = []
+    objects = {o.name: o for o in plan.objects}
+    objects_made: list[ManagedObject] = []
 
     tx = Transaction.begin(store, {"plan": plan.name, "roots": engine._root_json(rootset)})
     attacher = Attacher(engine.ctx, tx, rootset, live, ours={m.mnt_id for m in state.mounts})
@@ -91,6 +95,15 @@ engine: Engine,
         # undone, so a removal is committed to the state at once.
         for name in compiled.mount_order:
             change = by_name[name]
+            if name in objects:
+                if change.action is Action.UPDATE:
+                    where = (f"{name}:update", "fix in place: " + ", ".join(f.field for f in change.fields))
+                    update_object(engine.ctx, tx, rootset[objects[name].root], objects[name], state.object(name))
+                    plog.info("object.updated", object=name, fields=[f.field for f in change.fields])
+                    updated.append(name)
+                elif change.action in {Action.CREATE, Action.REPLACE}:
+                    todo.append(name)
+                continue
             managed = managed_by_name.get(name)
             if change.action is Action.UPDATE and managed is not None:
                 spec = specs[name]
@@ -104,6 +117,12 @@ engine: Engine,
         # Replaced mounts go innermost first (a cascade replaces a parent and
         # the mounts beneath it), then everything is made again in mount order.
         for name in reversed(todo):
+            if name in objects:
+                if state.has_object(name):
+                    where = (f"{name}:unlinkat", "remove before replacing")
+                    replaced += forget_or_remove_object(engine.ctx, state, name, by_name[name].action, rootset, plog)
+                    store.save(state)
+                continue
             managed = managed_by_name.get(name)
             if managed is None:
                 continue
@@ -114,6 +133,12 @@ engine: Engine,
             state.mounts.remove(managed)
             store.save(state)
         for change in changes.changes:
+            if change.action is Action.DELETE and state.has_object(change.mount):
+                where = (f"{change.mount}:unlinkat", "remove object (prune)")
+                prune_object(engine.ctx, state, change.mount, rootset, plog)
+                store.save(state)
+                pruned.append(change.mount)
+                continue
             managed = managed_by_name.get(change.mount) if change.action is Action.DELETE else None
             if managed is not None:
                 where = (f"{change.mount}:unmount", "unmount (prune)")
@@ -121,7 +146,21 @@ engine: Engine,
                 state.mounts.remove(managed)
                 store.save(state)
                 pruned.append(change.mount)
+        object_maker = ObjectMaker(engine.ctx, tx, rootset) if objects else None
         for name in todo:
+            if object_maker is not None and name in objects:
+                obj = objects[name]
+                object_handles = ObjectHandles()
+                try:
+                    for step in compiled.chain(name):
+                        current = step
+                        object_maker.run_step(step, obj, object_handles)
+                finally:
+                    object_handles.close()
+                objects_made.append(object_maker.managed(obj, object_handles))
+                if info:
+                    plog.info("object.created", object=name, path=f"{obj.root}:{obj.path}", kind=obj.kind.value)
+                continue
             spec = specs[name]
             handles = Handles()
             all_handles.append(handles)
@@ -165,6 +204,7 @@ engine: Engine,
         managed.fingerprint = print_
     state.mounts[:0] = root_binds  # first in, last out: destroy removes them after everything beneath
     state.mounts.extend(made)
+    state.objects.extend(objects_made)
     store.save(state)
     tx.close(remove=True)
     plog.info("apply.done", created=len(todo) - len(replaced), replaced=len(replaced), updated=len(updated),

@@ -37,6 +37,12 @@ CALLS = (
     "set_propagation",
     "fspick",
     "fsconfig_reconfigure",
+    "symlinkat",
+    "create_file",
+    "open_directory",
+    "fchmod",
+    "fchown",
+    "unlinkat",
 )
 
 

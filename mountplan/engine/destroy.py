@@ -8,6 +8,7 @@ from typing import Any
 from mountplan.errors import BusyError, ExecutionError, MountplanError, RootError
 
 from .context import Context
+from .object_ops import remove_object
 from .removal import CoveredError, Outcome, remove_created, remove_mount
 from .roots import RootSet
 from .state import ManagedMount, State, StateStore
@@ -16,11 +17,13 @@ from .unmount import ForeignMountError
 
 @dataclass(frozen=True, slots=True)
 class DestroyResult:
-    """What destroy did: mounts unmounted, and mounts that were already gone."""
+    """What destroy did: mounts and objects removed, those already gone, and objects left alone (why)."""
 
     plan: str
     removed: tuple[str, ...]
     already_gone: tuple[str, ...]
+    #: objects not removed because they are no longer what apply made (or are not empty), each with why
+    kept: tuple[str, ...] = ()
 
 
 def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any) -> Outcome:
@@ -44,6 +47,34 @@ def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
     return inner.root == outer.root and inner.target.startswith(outer.target + "/")
 
 
+def _remove_objects(
+    ctx: Context, state: State, rootset: RootSet, log: Any, removed: list[str], kept: list[str],
+    within: ManagedMount | None = None,
+) -> None:
+    """Remove the state's objects (newest first), or only those in mount ``within`` (before it goes).
+
+    An object that is no longer what apply made is reported and forgotten; one
+    that is covered or not empty is reported and stays in the state.
+    """
+    for index in range(len(state.objects) - 1, -1, -1):  # newest first; deleting behind us is safe
+        obj = state.objects[index]
+        if within is not None and (obj.root != within.root or within.target and not obj.path.startswith(within.target + "/")):
+            continue
+        root = rootset.get(obj.root)
+        if root is None:
+            raise RootError(f"root {obj.root!r} is needed to remove object {obj.name!r}")
+        outcome = remove_object(ctx, root, obj, log)
+        if outcome is None:
+            removed.append(obj.name)
+        else:
+            why, still_ours = outcome
+            log.warning("destroy.kept_object", object=obj.name, reason=why)
+            kept.append(why)
+            if still_ours:
+                continue
+        del state.objects[index]
+
+
 def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
     """Remove the state's mounts, newest first; the state is saved after every outcome.
 
@@ -55,12 +86,16 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
     gone: list[str] = []
     kept: list[ManagedMount] = []
     covered: list[str] = []
+    kept_objects: list[str] = []
     managed: ManagedMount | None = None
     try:
         for managed in list(reversed(state.mounts)):
             if any(_beneath(k, managed) for k in kept):
                 kept.append(managed)
                 continue
+            if state.objects:
+                # What lies in a mount goes before it (an object in it would vanish unchecked).
+                _remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
             try:
                 outcome = remove_managed(ctx, managed, rootset, plog)
             except ForeignMountError as exc:
@@ -69,6 +104,9 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
                 continue
             (removed if outcome is Outcome.REMOVED else gone).append(managed.name)
             state.mounts.remove(managed)
+        managed = None
+        if state.objects:
+            _remove_objects(ctx, state, rootset, plog, removed, kept_objects)
     except MountplanError as exc:
         store.save(state)
         if isinstance(exc, BusyError):
@@ -90,5 +128,5 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
             f"destroy {plan_name!r}: {len(removed)} unmounted, {len(kept)} kept in the state: " + "; ".join(covered),
             leftovers=[m.name for m in kept],
         )
-    plog.info("destroy.done", removed=len(removed), already_gone=len(gone))
-    return DestroyResult(plan_name, tuple(removed), tuple(gone))
+    plog.info("destroy.done", removed=len(removed), already_gone=len(gone), kept_objects=len(kept_objects))
+    return DestroyResult(plan_name, tuple(removed), tuple(gone), tuple(kept_objects))

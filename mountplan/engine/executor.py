@@ -38,6 +38,7 @@ from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
+from .object_ops import with_objects
 from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
@@ -269,7 +270,10 @@ class Engine:
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
         # Ours too: what a journal left behind names (half-made mounts are not foreign).
         owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts)) | journaled
-        return diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
+        changes = diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
+        if plan.objects or state.objects:
+            changes = with_objects(self.ctx, plan, rootset, state, changes, prune=prune)
+        return changes
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""
@@ -279,7 +283,7 @@ class Engine:
             state = self._load_or_new(store, plan, rootset)
             live = read_live_table(beneath=self.root_dirs(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live, journaled=journaled)
-            problems = kernel_problems(self.ctx, plan, changes, rootset)
+            problems = changes.problems + kernel_problems(self.ctx, plan, changes, rootset)
             return dataclasses.replace(changes, problems=problems, pending=todo) if problems or todo else changes
 
     def save_plan(

@@ -70,10 +70,17 @@ def _entry_problem(e: Any) -> str | None:
         roots = e.get("roots")
         ok = isinstance(roots, dict) and all(type(k) is str and _is_root(v) for k, v in roots.items())
         return None if ok and _optional(e, "plan", str) and _optional(e, "recover", bool) else "malformed header"
-    if op in ("mount", "mkdir", "mkfile", "update"):
+    if op == "mklink" and type(e.get("link")) is not str:
+        return "malformed 'mklink' entry (link)"
+    if op == "chmod":
+        r = e.get("restore")
+        ok = (type(e.get("root")) is str and type(e.get("path")) is str and all_uints(e.get("dev"), e.get("ino"))
+              and isinstance(r, dict) and all(type(r.get(k)) is int for k in ("mode", "uid", "gid")))
+        return None if ok else "malformed 'chmod' entry (root, path, dev, ino, restore)"
+    if op in ("mount", "mkdir", "mkfile", "update", "mklink"):
         if not (type(e.get("root")) is str and type(e.get("path")) is str and _optional(e, "mount", str)
                 and _optional(e, "recursive", bool) and _optional(e, "unique", bool) and valid_submounts(e)
-                and (all_uints(e["mnt_id"]) if "mnt_id" in e else op in ("mkdir", "mkfile"))):
+                and (all_uints(e["mnt_id"]) if "mnt_id" in e else op in ("mkdir", "mkfile", "mklink"))):
             return f"malformed {op!r} entry (root, path, mount, mnt_id, unique, recursive, submounts)"
         return None if op != "update" or _is_restore(e.get("restore")) else "malformed 'restore' of an update"
     if op == "created":

@@ -15,7 +15,7 @@ from typing import Any
 
 from mountplan._kernel import Fd
 from mountplan.errors import KernelError
-from mountplan.model import MountSpec
+from mountplan.model import MountSpec, ObjectSpec
 
 from .context import Context
 from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, resolve
@@ -30,7 +30,7 @@ class MountpointMaker:
     tx: Transaction
 
     def make_path(
-        self, spec: MountSpec, root: RootHandle, path: str, created: list[dict[str, Any]], *, want_file: bool, mode: int, create: bool = True
+        self, spec: MountSpec | ObjectSpec, root: RootHandle, path: str, created: list[dict[str, Any]], *, want_file: bool, mode: int, create: bool = True
     ) -> Fd:
         """Create missing components of ``path`` beneath ``root``, journaling each one.
 
@@ -52,7 +52,7 @@ class MountpointMaker:
             parent.close()
 
     def _make_walk(
-        self, spec: MountSpec, root: RootHandle, path: str, created: list[dict[str, Any]], *, want_file: bool, mode: int
+        self, spec: MountSpec | ObjectSpec, root: RootHandle, path: str, created: list[dict[str, Any]], *, want_file: bool, mode: int
     ) -> Fd:
         """Walk ``path`` from the root one component at a time, creating what is missing."""
         parts = path.split("/")
@@ -69,7 +69,7 @@ class MountpointMaker:
         return cur
 
     def _make_one(
-        self, spec: MountSpec, root: RootHandle, dirfd: int, part: str, sub: str, created: list[dict[str, Any]],
+        self, spec: MountSpec | ObjectSpec, root: RootHandle, dirfd: int, part: str, sub: str, created: list[dict[str, Any]],
         *, last: bool, want_file: bool, mode: int, create: bool,
     ) -> Fd:
         """Open ``part`` in ``dirfd`` (beneath it, no symlinks), creating it first if missing."""

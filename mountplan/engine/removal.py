@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,8 +123,14 @@ def _remove_elsewhere(ctx: Context, mount_point: str, mnt_id: int, *, recursive:
         parent.close()
 
 
-def remove_path(ctx: Context, root: RootHandle, op: str, path: str, dev: int, ino: int, at: tuple[Fd, str] | None = None) -> None:
-    """Remove a directory or file apply created, if it is still that inode (beneath the root, no symlinks)."""
+def remove_path(
+    ctx: Context, root: RootHandle, op: str, path: str, dev: int, ino: int, at: tuple[Fd, str] | None = None, link: str = ""
+) -> None:
+    """Remove a directory, file or symlink (``mklink``) apply created, if it is still that inode (beneath the root, no symlinks).
+
+    A symlink must also still hold ``link``: without a recorded inode (a run killed
+    between symlinkat and its journal line) that text is the only proof.
+    """
     if at is not None:
         parent, name = at
     else:
@@ -140,6 +147,8 @@ def remove_path(ctx: Context, root: RootHandle, op: str, path: str, dev: int, in
             return
         if ino and (st.st_dev, st.st_ino) != (dev, ino):
             raise ExecutionError(f"{root.name}:{path} is not the {op} mountplan made; left alone")
+        if op == "mklink" and (not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=parent.fileno()) != link):
+            raise ExecutionError(f"{root.name}:{path} is not the symlink to {link!r} mountplan made; left alone")
         if op == "mkdir":
             os.rmdir(name, dir_fd=parent.fileno())
         else:

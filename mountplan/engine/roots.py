@@ -175,7 +175,7 @@ def root_paths(plan: Plan, overrides: Mapping[str, str | int] | None) -> dict[st
 
 
 def roots_used(plan: Plan) -> list[str]:
-    """Every root a mount of ``plan`` is placed in or binds from."""
-    used = {m.root for m in plan.mounts}
+    """Every root a mount or object of ``plan`` is placed in, or a mount binds from."""
+    used = {m.root for m in plan.mounts} | {o.root for o in plan.objects}
     used |= {m.bind.source.root for m in plan.mounts if m.bind is not None and m.bind.source.root is not None}
     return sorted(used)

@@ -73,7 +73,7 @@ def live_snapshot(live: LiveTable, root_dirs: Iterable[str], managed_ids: Iterab
 
 def state_digest(state: State | None) -> str:
     """Digest of the committed state (what mountplan believes it manages)."""
-    if state is None or not state.mounts:
+    if state is None or state.is_empty:
         return "empty"
     text = json.dumps(state.to_json(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -46,6 +46,7 @@ from .journal import (
     parse_proof,
     valid_submounts,
 )
+from .managed_object import ManagedObject
 from .scope import ForeignStateError, Scope, current_scope, refuse_foreign
 from .statefs import (
     default_state_dir,
@@ -57,7 +58,7 @@ from .statefs import (
 )
 
 __all__ = [
-    "FORMAT", "ForeignStateError", "InstanceInfo", "JournalContents", "MalformedLine", "ManagedMount",
+    "FORMAT", "ForeignStateError", "InstanceInfo", "JournalContents", "MalformedLine", "ManagedMount", "ManagedObject",
     "Scope", "State", "StateStore", "current_scope", "default_state_dir", "instance_key",
     "open_state_dir", "write_atomic",
 ]
@@ -127,14 +128,32 @@ class ManagedMount:
 
 @dataclass(slots=True)
 class State:
-    """The committed state of one plan instance."""
+    """The committed state of one plan instance: its mounts and (in creation order) its objects."""
 
     plan: str
     roots: dict[str, dict[str, Any]]
     mounts: list[ManagedMount] = field(default_factory=list)
+    objects: list[ManagedObject] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "plan": self.plan, "roots": self.roots, "mounts": [m.to_json() for m in self.mounts]}
+        data = {"format": FORMAT, "plan": self.plan, "roots": self.roots, "mounts": [m.to_json() for m in self.mounts]}
+        if self.objects:  # absent, not [], so a state without objects reads as before
+            data["objects"] = [o.to_json() for o in self.objects]
+        return data
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.mounts and not self.objects
+
+    def has_object(self, name: str) -> bool:
+        return any(o.name == name for o in self.objects)
+
+    def object(self, name: str) -> ManagedObject:
+        """The recorded object ``name`` (KeyError if none)."""
+        for obj in self.objects:
+            if obj.name == name:
+                return obj
+        raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,14 +310,18 @@ class StateStore:
         try:
             if not isinstance(data["roots"], dict) or not isinstance(data["mounts"], list):
                 raise TypeError("'roots' is not an object or 'mounts' is not a list")
+            objects = data.get("objects", [])
+            if not isinstance(objects, list):
+                raise TypeError("'objects' is not a list")
             return State(plan=str(data["plan"]), roots=dict(data["roots"]),
-                         mounts=[ManagedMount.from_json(m) for m in data["mounts"]])
+                         mounts=[ManagedMount.from_json(m) for m in data["mounts"]],
+                         objects=[ManagedObject.from_json(o) for o in objects])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"state file {self.state_path} is inconsistent: {exc!r}") from None
 
     def save(self, state: State) -> None:
         """Replace the state file atomically; an empty state removes it."""
-        if not state.mounts:
+        if state.is_empty:
             self._unlink(self.state_path)
             return
         # Compact on purpose: indent= makes json fall back to its pure-Python

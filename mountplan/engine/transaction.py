@@ -14,7 +14,7 @@ from .journal import parse_proof
 from .state import StateStore
 
 #: Journal ops that record a change (and so have an undo).
-UNDOABLE = frozenset({"mount", "mkdir", "mkfile", "update"})
+UNDOABLE = frozenset({"mount", "mkdir", "mkfile", "update", "mklink", "chmod"})
 
 
 @dataclass(slots=True)
@@ -22,7 +22,7 @@ class Undo:
     """One journaled change, undone in reverse order on failure."""
 
     seq: int
-    op: str  # "mount" | "mkdir" | "mkfile" | "update"
+    op: str  # "mount" | "mkdir" | "mkfile" | "update" | "mklink" (a planned symlink) | "chmod" (an object's mode/owner)
     root: str
     path: str
     mnt_id: int = 0
@@ -35,15 +35,21 @@ class Undo:
     submounts: tuple[int, ...] = ()
     #: op "mount" without unique ids: RootEvidence.to_json() of the mount's root
     proof: list[int | None] | None = None
-    #: op "update": what the mount had before (attrs, clear, propagation, options)
+    #: op "update": what the mount had before (attrs, clear, propagation, options);
+    #: op "chmod": the object's mode, uid and gid before
     restore: dict[str, Any] | None = None
+    #: op "mklink": the symlink's text (undo removes only a symlink with this text)
+    link: str = ""
 
     def describe(self) -> str:
         if self.op == "mount":
             return f"mount {self.mount!r} at {self.root}:{self.path} (mount id {self.mnt_id})"
         if self.op == "update":
             return f"in-place update of {self.mount!r} at {self.root}:{self.path} (mount id {self.mnt_id})"
-        return f"{'directory' if self.op == 'mkdir' else 'file'} {self.root}:{self.path} created for {self.mount!r}"
+        if self.op == "chmod":
+            return f"mode/owner change of object {self.mount!r} at {self.root}:{self.path}"
+        what = {"mkdir": "directory", "mkfile": "file", "mklink": "symlink"}.get(self.op, self.op)
+        return f"{what} {self.root}:{self.path} created for {self.mount!r}"
 
     def to_entry(self) -> dict[str, Any]:
         """The journal line that records this change (without ``seq``)."""
@@ -57,6 +63,10 @@ class Undo:
                 entry["submounts"] = list(self.submounts)
             if self.proof is not None:
                 entry["proof"] = self.proof
+        if self.op == "mklink":
+            entry["link"] = self.link
+        if self.op == "chmod":
+            entry["dev"], entry["ino"] = self.dev, self.ino
         if self.restore is not None:
             entry["restore"] = self.restore
         return entry
@@ -72,7 +82,8 @@ class Undo:
             mnt_id=int(entry.get("mnt_id", 0)), unique=bool(entry.get("unique", True)), mount=str(entry.get("mount", "")),
             recursive=bool(entry.get("recursive", False)),
             submounts=tuple(int(i) for i in entry.get("submounts", ())),
-            restore=restore, proof=parse_proof(entry.get("proof")),
+            restore=restore, proof=parse_proof(entry.get("proof")), link=str(entry.get("link", "")),
+            dev=int(entry.get("dev", 0)), ino=int(entry.get("ino", 0)),
         )
 
 
@@ -101,6 +112,11 @@ class Transaction:
 
     def undone(self, item: Undo) -> None:
         self.store.journal_write({"op": "undone", "ref": item.seq})
+
+    def abandon(self, item: Undo) -> None:
+        """The change ``item`` announced was never made (its syscall failed): nothing to undo."""
+        self.undone(item)
+        self.undo.remove(item)
 
     def close(self, *, remove: bool) -> None:
         self.store.journal_close(remove=remove)

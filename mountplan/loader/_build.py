@@ -13,6 +13,7 @@ from mountplan.model import (
     MountpointKind,
     MountpointSpec,
     MountSpec,
+    ObjectSpec,
     Option,
     Plan,
     Propagation,
@@ -40,9 +41,34 @@ def build_plan(doc: Document, filename: str) -> Plan:
         _build_mount(doc, ("mounts", index), mount, data, default_attrs, default_propagation)
         for index, mount in enumerate(data["mounts"])
     )
+    objects: tuple[ObjectSpec, ...] = ()
+    if data.get("devices") or data.get("objects"):
+        mounts, objects = _build_objects(data, mounts, default_propagation)
     return Plan(
-        name=data["name"], roots=roots, mounts=mounts, version=int(data["version"]), source_file=filename
+        name=data["name"], roots=roots, mounts=mounts, version=int(data["version"]), source_file=filename,
+        objects=objects,
     )
+
+
+def _build_objects(
+    data: dict[str, Any], mounts: tuple[MountSpec, ...], propagation: Propagation
+) -> tuple[tuple[MountSpec, ...], tuple[ObjectSpec, ...]]:
+    """The plan's objects, and its mounts plus those its ``devices`` entries expand into."""
+    from mountplan.loader._objects import build_devices, build_objects
+
+    def root_of(entry: dict[str, Any]) -> str:
+        root = effective_root(data, entry)
+        assert root is not None
+        return root
+
+    all_mounts = list(mounts)
+    objects: list[ObjectSpec] = []
+    for entry in data.get("devices") or []:
+        more_mounts, more_objects = build_devices(root_of(entry), entry["name"], entry["target"], propagation)
+        all_mounts += more_mounts
+        objects += more_objects
+    objects += build_objects(data.get("objects") or [], root_of)
+    return tuple(all_mounts), tuple(objects)
 
 
 def _build_mount(

@@ -299,6 +299,12 @@ class _Translator:
             if rest[0] == "options" and len(rest) >= 2:
                 return f"option {rest[1]!r} of {owner}"
             return f"{_dotted(rest)!r} of {owner}"
+        if path[0] in ("objects", "devices") and len(path) >= 2 and isinstance(path[1], int):
+            entry = self.doc.data[path[0]][path[1]]
+            name = entry.get("name") if isinstance(entry, dict) else None
+            what = "object" if path[0] == "objects" else "device directory"
+            owner = f"{what} {name!r}" if isinstance(name, str) else f"{what} #{path[1] + 1}"
+            return f"{_dotted(path[2:])!r} of {owner}" if path[2:] else owner
         if path[0] == "roots" and len(path) >= 2:
             rest = path[2:]
             owner = f"root {path[1]!r}"
@@ -395,13 +401,18 @@ class _Translator:
             return  # the YAML layer reported it, at the string
         pos = self.doc.value_position(path)
         field = _field(path)
-        if field == "target":
+        if field == "target" and not (len(path) > 2 and path[-2] == "symlink"):
             if value.startswith("/"):
                 message = f"target {value!r} must be relative to its root; drop the leading '/'"
             else:
                 message = f"target {value!r} climbs out of its root with '..'"
         elif field == "path" and path[0] == "roots":
             message = f"path {value!r} of root {path[1]!r} must be absolute"
+        elif field == "path" and path[0] == "objects":
+            where = "must be relative to its root; drop the leading '/'" if value.startswith("/") else "climbs out of its root with '..'"
+            message = f"path {value!r} of {self.describe(path[:2])} {where}"
+        elif field == "target" and len(path) > 2 and path[-2] == "symlink":
+            message = f"link target {value!r} of {self.describe(path[:2])} contains a control character"
         elif field == "type":
             message = f"invalid filesystem type {value!r}"
         elif field == "mode":
@@ -409,7 +420,8 @@ class _Translator:
         elif field == "name" and len(path) == 1:
             message = f"invalid plan name {value!r}: {_IDENT_RULE}"
         elif field == "name":
-            message = f"invalid mount name {value!r}: {_IDENT_RULE}"
+            what = {"objects": "object", "devices": "device directory"}.get(str(path[0]), "mount")
+            message = f"invalid {what} name {value!r}: {_IDENT_RULE}"
         else:
             message = f"invalid root name {value!r} in {self.describe(path)}: {_IDENT_RULE}"
         self.at(pos, message)
@@ -443,6 +455,14 @@ class _Translator:
 
     def on_oneOf(self, path: Path, error: _Error) -> None:
         mount = error.instance
+        if path and path[0] == "objects":
+            kinds = [k for k in ("directory", "file", "symlink") if k in mount]
+            self.at(
+                self.doc.key_position((*path, kinds[-1])) if len(kinds) > 1 else self.doc.value_position(path),
+                f"{self.describe(path)} needs exactly one of 'directory', 'file' or 'symlink'"
+                + (f" (it has {', '.join(repr(k) for k in kinds)})" if len(kinds) > 1 else ""),
+            )
+            return
         if "type" in mount and "bind" in mount:
             later = max(("type", "bind"), key=lambda k: _sort_key(self.doc.key_position((*path, k))))
             self.at(

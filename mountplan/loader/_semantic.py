@@ -133,6 +133,10 @@ class _Checker:
             self.check_filesystem(base, label, root, mount)
             self.check_atime((*base, "attrs"), mount.get("attrs"), f"'attrs' of {label}")
         self.check_after(names)
+        if "objects" in self.data or "devices" in self.data:
+            from mountplan.loader._objects import check_objects
+
+            check_objects(self, names, targets)
         return self.diagnostics
 
     def check_target(

@@ -65,6 +65,52 @@ mounts:
 ```
 """
 
+_OBJECTS = """\
+## Objects and device directories
+
+```yaml
+devices:
+  - {name: dev, target: dev}          # a minimal /dev: 9 mounts and 5 symlinks, all shown by `mountplan steps`
+objects:
+  - {name: work, path: work, directory: {mode: "0700"}}
+  - {name: stamp, path: work/stamp, file: {mode: "0644"}}
+  - {name: python, path: usr/bin/python, symlink: {target: python3}}
+```
+
+- **Order.** An object comes after the mount it lies in (`dev-fd` after `dev`), a mount
+  on or beneath a planned directory comes after it, an object inside a planned
+  directory after the directory; destroy runs it backwards. Nothing may be planned
+  beneath a symlink or a file, and a mount never targets a planned symlink.
+- **Creation.** The parent is opened beneath the root with `openat2`
+  (`RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS`), missing parent
+  directories are made (0755, journaled, removed with the object), and the object is
+  made relative to that fd: `mkdirat`, `openat(O_CREAT|O_EXCL|O_NOFOLLOW)` or
+  `symlinkat`, then `fchown` and `fchmod` on the new inode (so the mode is exact,
+  whatever the umask). Something already at the path is never taken over: apply fails
+  with `EEXIST` and undoes everything, and `plan` says so first (exit 4, like a mount the kernel refuses).
+- **Undo and destroy.** Each creation is journaled before its syscall and then recorded
+  by device, inode and birth time (ext4 hands a freed inode number out again at once).
+  Rollback, recovery and destroy remove an object only while it is still that inode (a
+  symlink also still holding its text); anything else at its path
+  is reported and left alone (a replaced object is forgotten, a directory someone
+  filled or a mount covers stays in the state).
+- **Drift.** `plan`/`diff` show a missing object as `+`, a directory or file of ours
+  whose mode or owner changed as `~` (fixed in place with `fchmod`/`fchown`), a symlink
+  of ours whose text differs (or an object whose planned kind changed) as `-/+`.
+  An object lying in a mount apply (re)creates is simply made again in it. A planned
+  directory a mount sits on cannot be looked at under the mount; it is taken as ours
+  while the state records it.
+- **Device directories.** `devices: [{name: dev, target: dev}]` expands into the mounts
+  `dev` (tmpfs, `size=64k,mode=0755`, nosuid,nodev,noexec), `dev-null`, `dev-zero`,
+  `dev-full`, `dev-random`, `dev-urandom`, `dev-tty` (file binds of the host nodes,
+  nosuid,noexec: a node needs a mount without nodev), `dev-pts` (devpts `newinstance,
+  ptmxmode=0666,mode=0620`, nosuid,noexec; no `gid=`, which a user namespace rarely
+  maps) and `dev-shm` (tmpfs `mode=1777`, nosuid,nodev), and the symlinks `dev-fd`
+  (`/proc/self/fd`), `dev-stdin`, `dev-stdout`, `dev-stderr` (`/proc/self/fd/0..2`) and
+  `dev-ptmx` (`pts/ptmx`). They take `defaults.propagation`, not `defaults.attrs`. Their
+  names share the plan's namespace: a mount or object may not reuse one.
+"""
+
 _SEMANTICS = """\
 ## Defaults and how they combine
 
@@ -196,7 +242,18 @@ def render() -> str:
         sub = mount["properties"][key]
         out.append(f"\n## `{key}`\n\n{sub['description']}\n")
         out.extend(_table(sub["properties"], sub.get("required", [])))
+    obj = schema["$defs"]["object"]
+    out.append(f"\n## An object (`objects[]`)\n\n{obj['description']}\n")
+    out.extend(_table(obj["properties"], obj.get("required", [])))
+    for key in ("directory", "file", "symlink"):
+        sub = obj["properties"][key]
+        out.append(f"\n## `{key}`\n\n{sub['description']}\n")
+        out.extend(_table(sub["properties"], sub.get("required", [])))
+    devices = schema["$defs"]["devices"]
+    out.append(f"\n## A device directory (`devices[]`)\n\n{devices['markdownDescription']}\n")
+    out.extend(_table(devices["properties"], devices.get("required", [])))
     out.append("")
+    out.append(_OBJECTS)
     out.append(
         _SEMANTICS.format(
             max_bytes=MAX_FILE_BYTES,

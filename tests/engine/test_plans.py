@@ -32,16 +32,17 @@ def _listing(path: str) -> list[str]:
 
 @pytest.mark.parametrize("plan_path", PLANS, ids=[p.stem for p in PLANS])
 def test_example_plan_round_trip(tmp_path: Path, plan_path: Path) -> None:
-    """apply makes every mount, a second apply changes nothing, destroy restores table and tree."""
+    """apply makes every mount and object, a second apply changes nothing, destroy restores table and tree."""
     plan = mountplan.load(plan_path)
     roots = _prepare(plan, tmp_path)
     trees = {name: _listing(path) for name, path in roots.items()}
     before = mount_table_snapshot()
     state = str(tmp_path / "state")
     first = mountplan.apply(plan, roots, state_dir=state)
-    assert set(first.created) == {m.name for m in plan.mounts}
+    planned = {m.name for m in plan.mounts} | {o.name for o in plan.objects}
+    assert set(first.created) == planned
     second = mountplan.apply(plan, roots, state_dir=state)
-    assert not second.changed and set(second.unchanged) == {m.name for m in plan.mounts}
+    assert not second.changed and set(second.unchanged) == planned
     mountplan.destroy(plan, roots, state_dir=state)
     assert mount_table_snapshot() == before
     assert {name: _listing(path) for name, path in roots.items()} == trees

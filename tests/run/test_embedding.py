@@ -35,7 +35,7 @@ def test_fd_root_is_used_and_left_open(build_action: mountplan.Plan, userland: s
     fd = os.open(userland, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with mountplan.applied(build_action, roots={"input": fd}, state_dir=state_dir) as result:
-            assert set(result.created) == {m.name for m in build_action.mounts}
+            assert set(result.created) == {m.name for m in build_action.mounts} | {o.name for o in build_action.objects}
             assert f"{userland}/opt/tools" in mounts_under(userland)
         st = os.fstat(fd)
         assert (st.st_dev, st.st_ino) == (os.stat(userland).st_dev, os.stat(userland).st_ino)

@@ -2,7 +2,8 @@
 
 The action proves each part of the plan with its own exit code: it reads
 /proc/self/status, writes /tmp, cannot write the read-only tools, reads the
-tool, cannot write the read-only sysfs, and uses the /dev binds. Afterwards the
+tool, cannot write the read-only sysfs, uses the /dev binds, follows /dev/fd and
+/dev/stdin, and opens /dev/ptmx to get a pty of its private devpts. Afterwards the
 input tree can be removed and the mount table is what it was. The same action
 runs through runner.run (in place and unshared), through the Python API, and
 through ``mountplan run``.
@@ -10,16 +11,20 @@ through ``mountplan run``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import mountplan
 from mountplan import runner
+from mountplan.serve import Server
 from mountplan.testing import mount_table_snapshot
 
 pytestmark = pytest.mark.mountns
@@ -38,6 +43,12 @@ touch /sys/x 2> /dev/null && exit 15
 echo discard > /dev/null || exit 17
 head -c 16 /dev/urandom > /tmp/random && [ -s /tmp/random ] || exit 18
 [ -c /dev/tty ] && [ -c /dev/zero ] && [ -c /dev/full ] || exit 19
+[ "$(readlink /dev/fd)" = /proc/self/fd ] && [ -e /dev/fd/0 ] && [ -e /dev/stdin ] || exit 20
+echo to-stderr > /dev/stderr 2> /dev/null || exit 21
+[ -d /dev/pts ] && [ -c /dev/pts/ptmx ] && [ -d /dev/shm ] || exit 22
+exec 3<> /dev/ptmx || exit 23
+[ -c /dev/pts/0 ] || exit 24
+exec 3>&-
 echo all-checks-passed > /done
 """
 ARGV = ["/bin/sh", "-c", ACTION]
@@ -89,6 +100,39 @@ def test_build_action_through_cli(userland: str, state_dir: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert_action_ran_and_cleaned(userland, result.returncode, before)
+
+
+def test_build_action_through_worker(userland: str, state_dir: str, tmp_path: Path) -> None:
+    """Worker mode (what `mountplan serve` runs): apply over the socket with the root's fd, run the action, destroy."""
+    before = mount_table_snapshot()
+    socket_path = str(tmp_path / "mp.sock")
+    server = Server(mountplan.load(REPO / "plans" / "build-action.yaml"), socket_path, state_dir=state_dir)
+    server.bind()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def enter_root() -> None:
+        os.chroot(userland)
+        os.chdir("/")
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(30)
+            sock.connect(socket_path)
+            fd = os.open(userland, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                socket.send_fds(sock, [json.dumps({"format_version": 1, "op": "apply", "roots": {"input": 0}}).encode()], [fd])
+            finally:
+                os.close(fd)
+            reply = json.loads(sock.recv(65536))
+            assert reply["ok"] is True, reply
+            code = subprocess.run(ARGV, preexec_fn=enter_root, check=False).returncode
+            sock.send(json.dumps({"format_version": 1, "op": "destroy", "action": reply["action"]}).encode())
+            assert json.loads(sock.recv(65536))["ok"] is True
+    finally:
+        server.stop()
+        thread.join(30)
+    assert_action_ran_and_cleaned(userland, code, before)
 
 
 def test_action_fails_without_the_plan(userland: str) -> None:

@@ -1,0 +1,211 @@
+"""Planned objects after apply: look at them, fix their mode in place, and remove them on destroy.
+
+Every look and every change goes through the parent opened beneath the root
+(openat2, no symlinks), then one path component with ``AT_SYMLINK_NOFOLLOW``:
+a symlink planted at or above an object is seen as what it is, never followed.
+An object is removed only while it is still the inode apply made (and a symlink
+still holds its text); anything else at its path is reported and left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+from typing import Any
+
+from mountplan._kernel import AtFlag, Fd
+from mountplan.changes import Action, ChangeSet
+from mountplan.errors import ExecutionError, KernelError
+from mountplan.model import ObjectSpec, Plan
+from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_object
+
+from .context import Context
+from .managed_object import ManagedObject
+from .removal import remove_created
+from .roots import RootHandle, RootSet, resolve_parent
+from .state import State
+from .transaction import Transaction, Undo
+
+__all__ = ["forget_or_remove_object", "observe_object", "prune_object", "remove_object", "restore_object", "update_object", "with_objects"]
+
+#: A parent path beneath the root that holds a symlink (ELOOP), leaves the root (EXDEV) or a non-directory.
+_BLOCKED = frozenset({errno.ELOOP, errno.EXDEV, errno.ENOTDIR})
+_KINDS = {stat.S_IFDIR: "directory", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
+
+
+def _kind(st: os.stat_result) -> str:
+    return _KINDS.get(stat.S_IFMT(st.st_mode), "other")
+
+
+def _parent(ctx: Context, root: RootHandle, path: str) -> tuple[Fd, str] | KernelError:
+    try:
+        return resolve_parent(ctx.backend, root, path)
+    except KernelError as exc:
+        return exc
+
+
+def observe_object(ctx: Context, root: RootHandle, path: str) -> ObservedObject:
+    """What is at ``root:path`` now (lstat beneath the root)."""
+    found = _parent(ctx, root, path)
+    if isinstance(found, KernelError):
+        if found.errno == errno.ENOENT:
+            return ObservedObject(Found.ABSENT)
+        if found.errno in _BLOCKED:
+            return ObservedObject(Found.BLOCKED, detail=str(found))
+        raise found
+    parent, name = found
+    try:
+        return _observe_at(ctx, parent, name)
+    finally:
+        parent.close()
+
+
+def _observe_at(ctx: Context, parent: Fd, name: str) -> ObservedObject:
+    try:
+        st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
+    except FileNotFoundError:
+        return ObservedObject(Found.ABSENT)
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+        # A mount on top shows its own root here, not what lies under it.
+        here = ctx.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)
+        if here.mnt_id != ctx.backend.statx_mount_ids(parent.fileno()).mnt_id:
+            return ObservedObject(Found.COVERED)
+    link = os.readlink(name, dir_fd=parent.fileno()) if stat.S_ISLNK(st.st_mode) else ""
+    evidence = ctx.backend.root_evidence(parent.fileno(), name, AtFlag(0))
+    btime = evidence.btime_ns if evidence.ino == st.st_ino else None
+    return ObservedObject(Found.PRESENT, _kind(st), st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode),
+                          st.st_uid, st.st_gid, link, btime=btime)
+
+
+def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) -> tuple[str, bool] | None:
+    """Remove ``obj`` if it is still what apply made, then the parents made for it.
+
+    Returns None when it is removed or already gone, else why it was left alone
+    and whether it is still ours (covered, or a directory someone filled: kept in
+    the state) or not (replaced: forgotten, never removed).
+    """
+    shown = f"{root.name}:{obj.path}"
+    found = _parent(ctx, root, obj.path)
+    if isinstance(found, KernelError):
+        if found.errno in {errno.ENOENT, errno.ENOTDIR}:
+            log.warning("destroy.object_gone", object=obj.name, path=shown)
+            return None
+        return f"{obj.kind} {shown} (object {obj.name!r}) cannot be reached beneath its root: {found}; left alone", False
+    parent, name = found
+    try:
+        seen = _observe_at(ctx, parent, name)
+        if seen.found is Found.ABSENT:
+            log.warning("destroy.object_gone", object=obj.name, path=shown)
+            return None
+        if seen.found is Found.COVERED:
+            return f"{obj.kind} {shown} (object {obj.name!r}) is covered by a mount mountplan did not make; left alone", True
+        if not is_same_object(obj, seen) or seen.link != obj.link:
+            what = f"a {seen.kind}" + (f" -> {seen.link!r}" if seen.link else "")
+            return (f"{shown} (object {obj.name!r}) is no longer the {obj.kind} mountplan made (it is {what} "
+                    f"with inode {seen.ino}, not {obj.ino}); left alone"), False
+        try:
+            ctx.backend.unlinkat(parent.fileno(), name, directory=obj.kind == "directory", shown=shown)
+        except KernelError as exc:
+            if exc.errno in {errno.ENOTEMPTY, errno.EEXIST}:
+                return f"directory {shown} (object {obj.name!r}) is not empty; left alone", True
+            raise
+    finally:
+        parent.close()
+    log.info("object.removed", object=obj.name, path=shown)
+    remove_created(ctx, obj.created, root, log)
+    return None
+
+
+def _open_verified(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) -> Fd:
+    """An fd that fchmod/fchown accept, of the object at ``path`` if it is still inode (dev, ino)."""
+    parent, name = resolve_parent(ctx.backend, root, path)
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = Fd(os.open(name, flags, dir_fd=parent.fileno()), f"object:{root.name}:{path}")
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, "openat", paths=[f"{root.name}:{path}"], flags="O_RDONLY|O_NOFOLLOW") from None
+    finally:
+        parent.close()
+    st = os.fstat(fd.fileno())
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        fd.close()
+        raise ExecutionError(f"{root.name}:{path} is not the object mountplan made; left alone")
+    return fd
+
+
+def _set(ctx: Context, fd: Fd, shown: str, mode: int, uid: int, gid: int) -> None:
+    if uid != -1 or gid != -1:
+        ctx.backend.fchown(fd.fileno(), uid, gid, shown=shown)
+    if mode != -1:
+        ctx.backend.fchmod(fd.fileno(), mode, shown=shown)
+
+
+def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectSpec, obj: ManagedObject) -> None:
+    """Fix an object's drifted mode/owner in place (fchown, fchmod), journaled with what it had."""
+    fd = _open_verified(ctx, root, spec.path, obj.dev, obj.ino)
+    try:
+        st = os.fstat(fd.fileno())
+        restore = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+        tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore))
+        _set(ctx, fd, f"{root.name}:{spec.path}", -1 if spec.mode is None else spec.mode,
+             -1 if spec.uid is None else spec.uid, -1 if spec.gid is None else spec.gid)
+    finally:
+        fd.close()
+    obj.mode = obj.mode if spec.mode is None else spec.mode
+    obj.uid = obj.uid if spec.uid is None else spec.uid
+    obj.gid = obj.gid if spec.gid is None else spec.gid
+
+
+def restore_object(ctx: Context, item: Undo, root: RootHandle) -> None:
+    """Undo an in-place mode/owner change (only on the inode it was made to)."""
+    assert item.restore is not None
+    fd = _open_verified(ctx, root, item.path, item.dev, item.ino)
+    try:
+        r = item.restore
+        _set(ctx, fd, f"{root.name}:{item.path}", int(r["mode"]), int(r["uid"]), int(r["gid"]))
+    finally:
+        fd.close()
+
+
+def forget_or_remove_object(ctx: Context, state: State, name: str, action: Action, rootset: RootSet, log: Any) -> list[str]:
+    """Before (re)creating object ``name``: remove our old one for a replace (``[name]``), else forget its record.
+
+    A CREATE with a record means it is gone, or lies in a mount apply (re)creates,
+    or was replaced by someone else (then creating it fails with EEXIST).
+    """
+    if not state.has_object(name):
+        return []
+    obj = state.object(name)
+    if action is Action.REPLACE:
+        outcome = remove_object(ctx, rootset[obj.root], obj, log)
+        if outcome is not None:
+            raise ExecutionError(f"cannot replace object {name!r}: {outcome[0]}")
+        state.objects.remove(obj)
+        return [name]
+    state.objects.remove(obj)
+    return []
+
+
+def prune_object(ctx: Context, state: State, name: str, rootset: RootSet, log: Any) -> None:
+    """Remove an object the plan no longer has (``apply --prune``); one that is not ours any more is reported."""
+    obj = state.object(name)
+    outcome = remove_object(ctx, rootset[obj.root], obj, log)
+    if outcome is not None:
+        log.warning("apply.kept_object", object=name, reason=outcome[0])
+        if outcome[1]:
+            return
+    state.objects.remove(obj)
+
+
+def with_objects(ctx: Context, plan: Plan, rootset: RootSet, state: State, changes: ChangeSet, *, prune: bool) -> ChangeSet:
+    """``changes`` (the mounts') with the plan's objects classified after them (looked at beneath their roots)."""
+    fresh = {(c.root, c.target): c.mount for c in changes.changes if c.action in {Action.CREATE, Action.REPLACE}}
+    observed = {o.name: observe_object(ctx, rootset[o.root], o.path) for o in plan.objects if o.root in rootset}
+    found, kept, problems = diff_objects(plan, state.objects, observed, fresh, prune=prune)
+    return dataclasses.replace(
+        changes, changes=changes.changes + tuple(found), kept=changes.kept + tuple(kept),
+        problems=changes.problems + tuple(problems),
+    )

@@ -1,0 +1,163 @@
+"""Change sets for planned objects: classify each against what the state recorded and what is on disk now.
+
+Pure data in, data out, like :mod:`mountplan.changes`: the engine observes each
+object's path beneath its root and passes an :class:`ObservedObject` here.
+
+``+`` missing, ``~`` a directory or file of ours whose mode or owner drifted
+(fchmod/fchown in place), ``-/+`` a symlink of ours whose text differs or an
+object of ours whose kind changed (it cannot be fixed in place), ``-`` ours and
+no longer planned (with prune). Something mountplan did not make at a planned
+path is never replaced: it is a problem, and apply fails on it (EEXIST).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
+from mountplan.model import ObjectKind, ObjectSpec, Plan
+
+__all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
+
+
+class Found(enum.Enum):
+    """What is at an object's path now."""
+
+    ABSENT = "absent"
+    PRESENT = "present"
+    #: a mount is on top of the path: what lies under it cannot be seen from here
+    COVERED = "covered"
+    #: the path cannot be reached beneath the root (a symlink or a non-directory on the way)
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedObject:
+    """What the engine saw at an object's path (lstat: a final symlink is not followed)."""
+
+    found: Found
+    kind: str = ""  # "directory" | "file" | "symlink" | "other"
+    dev: int = 0
+    ino: int = 0
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    link: str = ""
+    detail: str = ""
+    btime: int | None = None
+
+
+class RecordedObject(Protocol):
+    """What the state file says apply made (engine.state.ManagedObject)."""
+
+    name: str
+    root: str
+    path: str
+    kind: str
+    dev: int
+    ino: int
+    link: str
+    btime: int | None
+
+
+def is_same_object(rec: RecordedObject, seen: ObservedObject) -> bool:
+    """The object at the path is the one recorded: device, inode, kind and (where both have one) birth time."""
+    same_birth = rec.btime is None or seen.btime is None or rec.btime == seen.btime
+    return seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (rec.dev, rec.ino, rec.kind) and same_birth
+
+
+def _is_ours(rec: RecordedObject, seen: ObservedObject) -> bool:
+    return is_same_object(rec, seen)
+
+
+def _drift(spec: ObjectSpec, seen: ObservedObject) -> tuple[FieldChange, ...]:
+    fields = []
+    if spec.mode is not None and seen.mode != spec.mode:
+        fields.append(FieldChange("mode", f"{spec.mode:04o}", f"{seen.mode:04o}"))
+    if spec.uid is not None and seen.uid != spec.uid:
+        fields.append(FieldChange("uid", str(spec.uid), str(seen.uid)))
+    if spec.gid is not None and seen.gid != spec.gid:
+        fields.append(FieldChange("gid", str(spec.gid), str(seen.gid)))
+    return tuple(fields)
+
+
+def diff_objects(
+    plan: Plan,
+    recorded: Sequence[RecordedObject],
+    observed: Mapping[str, ObservedObject],
+    fresh_mounts: Mapping[tuple[str, str], str],
+    *,
+    prune: bool,
+) -> tuple[list[Change], list[Change], list[str]]:
+    """(changes, kept, problems) for the plan's objects.
+
+    ``observed`` has an entry per planned object that was looked at;
+    ``fresh_mounts`` maps (root, target) of every mount apply (re)creates to its
+    name: an object beneath one lies in a new, empty filesystem, so it is simply
+    created there (what was under the old mount went with it).
+    """
+    by_name = {r.name: r for r in recorded}
+    changes: list[Change] = []
+    problems: list[str] = []
+    for spec in plan.objects:
+        rec = by_name.get(spec.name)
+        where = f"{spec.root}:{spec.path}"
+        fresh = _fresh_holder(spec, fresh_mounts)
+        if fresh is not None:
+            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE,
+                                  reason=f"{spec.describe()}; in {fresh!r}, which apply (re)creates"))
+            continue
+        seen = observed.get(spec.name, ObservedObject(Found.ABSENT))
+        if seen.found is Found.BLOCKED:
+            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=spec.describe()))
+            problems.append(f"{spec.name} ({where}): {seen.detail}")
+            continue
+        if seen.found is Found.COVERED:
+            # A mount sits on it (a planned directory a mount targets): ours if recorded.
+            if rec is None:
+                changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=spec.describe()))
+                problems.append(f"{spec.name} ({where}): EEXIST: a mount is on this path already")
+            else:
+                changes.append(Change(spec.name, spec.root, spec.path, Action.NOOP))
+            continue
+        if seen.found is Found.ABSENT:
+            reason = spec.describe() if rec is None else OBJECT_GONE
+            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
+            continue
+        if rec is None or not _is_ours(rec, seen):
+            # Never ours, or replaced since: someone else's; never removed or replaced.
+            reason = spec.describe() if rec is None else OBJECT_REPLACED
+            changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
+            whose = "mountplan did not make" if rec is None else f"that replaced the {rec.kind} mountplan made"
+            problems.append(f"{spec.name} ({where}): EEXIST: a {seen.kind} {whose} is there; it is left alone")
+            continue
+        if seen.kind != spec.kind.value:
+            changes.append(Change(spec.name, spec.root, spec.path, Action.REPLACE,
+                                  (FieldChange("kind", spec.kind.value, seen.kind),), "kind forces replacement"))
+        elif spec.kind is ObjectKind.SYMLINK and seen.link != spec.link:
+            changes.append(Change(spec.name, spec.root, spec.path, Action.REPLACE,
+                                  (FieldChange("link", str(spec.link), seen.link),), "link forces replacement"))
+        else:
+            fields = _drift(spec, seen)
+            action = Action.UPDATE if fields else Action.NOOP
+            changes.append(Change(spec.name, spec.root, spec.path, action, fields, "drifted" if fields else ""))
+    planned = {o.name for o in plan.objects}
+    kept: list[Change] = []
+    for rec in recorded:
+        if rec.name not in planned:
+            orphan = Change(rec.name, rec.root, rec.path, Action.DELETE, reason="no longer in the plan")
+            (changes if prune else kept).append(orphan)
+    return changes, kept, problems
+
+
+def _fresh_holder(spec: ObjectSpec, fresh_mounts: Mapping[tuple[str, str], str]) -> str | None:
+    path = spec.path
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        name = fresh_mounts.get((spec.root, path))
+        if name is not None:
+            return name
+    return None
