@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mountplan.errors import CompileError
-from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation
+from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation, render_ranges
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -49,6 +49,8 @@ class StepKind(enum.Enum):
     CREATE = "fsconfig_create"
     FSMOUNT = "fsmount"
     OPEN_TREE = "open_tree"
+    #: a user namespace for an idmapped bind: made with the planned maps (fork + unshare), or opened
+    USERNS = "userns"
     SET_ATTR = "mount_setattr"
     ENSURE_MOUNTPOINT = "mkdir"
     RESOLVE_TARGET = "resolve_target"
@@ -317,6 +319,8 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
                 ("#00:open_tree", StepKind.OPEN_TREE, source),
                 ("#01:mount_setattr", StepKind.SET_ATTR, attrs),
             ]
+            if m.bind.idmap is not None:
+                head = _idmap_head(m, source, attrs)
         tail = tail_suffixes.get(len(head))
         if tail is None:
             tail = tail_suffixes[len(head)] = _tail_suffixes(len(head))
@@ -337,6 +341,25 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
         chain.append(_new_step(name + tail[5], StepKind.SET_PROPAGATION, name, root, propagation))
         chains[name] = chain
     return chains
+
+
+def _idmap_head(m: MountSpec, source: _Args, attrs: _Args) -> _Head:
+    """userns, open_tree, then one mount_setattr that sets the attributes and ``MOUNT_ATTR_IDMAP`` on the clone.
+
+    The mapping is set on the detached clone, before move_mount: the kernel
+    refuses it on an attached mount and on one already idmapped.
+    """
+    assert m.bind is not None and m.bind.idmap is not None
+    idmap = m.bind.idmap
+    if idmap.userns is not None:
+        userns: _Args = (("userns", idmap.userns),)
+    else:
+        userns = (("uid_map", render_ranges(idmap.uids)), ("gid_map", render_ranges(idmap.gids)))
+    return [
+        ("#00:userns", StepKind.USERNS, userns),
+        ("#01:open_tree", StepKind.OPEN_TREE, source),
+        ("#02:mount_setattr", StepKind.SET_ATTR, (*attrs, ("idmap", "userns"))),
+    ]
 
 
 def _filesystem_head(m: MountSpec, attrs: _Args) -> _Head:
@@ -542,6 +565,8 @@ def _storage(graph: nx.DiGraph[str]) -> tuple[_NodeAttrs, _Adjacency, _Adjacency
 
 def _mount_label(m: MountSpec) -> str:
     what = m.fs_type if m.kind is MountKind.FILESYSTEM else f"bind {m.bind.source.render()}"  # type: ignore[union-attr]
+    if m.bind is not None and m.bind.idmap is not None:
+        what += " (idmapped)"
     return f"{m.name}\\n{m.root}:{m.target}\\n{what}"
 
 

@@ -26,6 +26,7 @@ from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .identity import RootEvidence, root_evidence
 from .legacy import remount_attrs, set_propagation
+from .userns import make_userns, open_userns, userns_identity
 from .syscalls import (
     MountIds,
     fsconfig_create,
@@ -84,6 +85,7 @@ __all__ = [
     "fsmount",
     "fsopen",
     "fspick",
+    "make_userns",
     "mkdirat",
     "mount_setattr",
     "move_mount",
@@ -91,10 +93,12 @@ __all__ = [
     "open_tree_attr",
     "openat2",
     "openat2_if_exists",
+    "open_userns",
     "read_fs_messages",
     "remount_attrs",
     "root_evidence",
     "set_propagation",
     "statx_mount_ids",
     "umount_at",
+    "userns_identity",
 ]

@@ -28,6 +28,7 @@ from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, 
 
 from .attrs import has_mount_setattr, set_attrs
 from .context import Context
+from .idmap import make_userns_for, set_idmap
 from .mountpoint import MountpointMaker, no_symlink
 from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
@@ -47,6 +48,8 @@ class Handles:
     fs: Fd | None = None
     mnt: Fd | None = None
     target: Fd | None = None
+    #: the user namespace an idmapped bind takes its mapping from (closed once set)
+    userns: Fd | None = None
     extra: list[Fd] = field(default_factory=list)
     source_is_file: bool = False
     mnt_id: int = 0
@@ -58,7 +61,7 @@ class Handles:
     created: list[dict[str, Any]] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in (self.fs, self.mnt, self.target, *self.extra):
+        for fd in (self.fs, self.mnt, self.target, self.userns, *self.extra):
             if fd is not None:
                 fd.close()
         self.extra.clear()
@@ -156,12 +159,21 @@ class Attacher:
         assert h.mnt is not None
         h.source_is_file = not stat.S_ISDIR(os.fstat(h.mnt.fileno()).st_mode)
 
+    def _userns(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+        assert spec.bind is not None and spec.bind.idmap is not None
+        h.userns = make_userns_for(self.ctx, spec.bind.idmap)
+
     def _set_attr(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert h.mnt is not None and spec.bind is not None
         attr_set = spec.kernel_attrs
         attr_clr = MountAttr(0)
         if Attr.RELATIME in spec.attrs:
             attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
+        if h.userns is not None:
+            # Needs mount_setattr (required_for asks for it before any change).
+            set_idmap(self, spec, h.mnt, h.userns, attr_set, attr_clr)
+            h.userns.close()
+            return
         if not (attr_set or attr_clr):
             return
         if has_mount_setattr():
@@ -202,7 +214,7 @@ class Attacher:
         h.mnt_id, h.unique = ids.mnt_id, ids.unique
         recursive = spec.bind is not None and spec.bind.recursive
         if recursive:
-            h.submounts = clone_ids(self.ctx, h.mnt, self._source_path(spec), ids.mnt_id)
+            h.submounts = clone_ids(self.ctx, h.mnt, self.source_path(spec), ids.mnt_id)
         if not ids.unique:
             # A 32-bit id is reused at once: keep what the root looks like too.
             h.proof = k.root_evidence(h.mnt.fileno()).to_json()
@@ -225,7 +237,7 @@ class Attacher:
         if h.pending_attrs is not None:
             set_attrs(self.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
 
-    def _source_path(self, spec: MountSpec) -> str:
+    def source_path(self, spec: MountSpec) -> str:
         assert spec.bind is not None
         ref = spec.bind.source
         if ref.root is None:
@@ -241,7 +253,7 @@ class Attacher:
         ids = self.ctx.backend.statx_mount_ids(target.fileno())
         if ids.mnt_id in self.ours:
             return  # beneath one of our own mounts: its propagation is what the plan asked for
-        parent = self._mount_by_id(ids.mnt_id, ids.unique)
+        parent = self.mount_by_id(ids.mnt_id, ids.unique)
         if parent is None or parent.propagation is not KernelPropagation.SHARED:
             return
         raise ExecutionError(
@@ -252,7 +264,7 @@ class Attacher:
             step=f"{spec.name}:move_mount",
         )
 
-    def _mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None:
+    def mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None:
         """A mount from the apply's table, which holds only what is beneath the roots; the
         mount a root itself lies on is looked up once (statmount by id, else the full table)."""
         found = find_mount(self.live, mnt_id, unique) or self.outside.get(mnt_id)
@@ -339,6 +351,7 @@ _STEP_HANDLERS: dict[StepKind, Callable[[Attacher, Step, MountSpec, RootHandle, 
     StepKind.CREATE: Attacher._create,
     StepKind.FSMOUNT: Attacher._fsmount,
     StepKind.OPEN_TREE: Attacher._open_tree,
+    StepKind.USERNS: Attacher._userns,
     StepKind.SET_ATTR: Attacher._set_attr,
     StepKind.ENSURE_MOUNTPOINT: Attacher._mountpoint,
     StepKind.RESOLVE_TARGET: Attacher._resolve_target,

@@ -37,6 +37,8 @@ CALLS = (
     "set_propagation",
     "fspick",
     "fsconfig_reconfigure",
+    "make_userns",
+    "open_userns",
 )
 
 
