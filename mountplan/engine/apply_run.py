@@ -137,7 +137,7 @@ engine: Engine,
                     name=name, root=spec.root, target=spec.target, mnt_id=handles.mnt_id, unique=handles.unique,
                     fingerprint=fingerprint(spec), created=handles.created,
                     recursive=spec.bind is not None and spec.bind.recursive, submounts=handles.submounts,
-                    proof=handles.proof,
+                    proof=handles.proof, idmap=handles.idmap,
                 )
             )
             if info:

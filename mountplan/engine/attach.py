@@ -56,6 +56,8 @@ class Handles:
     unique: bool = True
     submounts: tuple[int, ...] = ()
     proof: list[int | None] | None = None
+    #: an idmapped bind's mapping as the state records it (ManagedMount.idmap)
+    idmap: dict[str, Any] | None = None
     #: (set, clear) still to apply once attached, on kernels without mount_setattr
     pending_attrs: tuple[MountAttr, MountAttr] | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
@@ -161,7 +163,12 @@ class Attacher:
 
     def _userns(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert spec.bind is not None and spec.bind.idmap is not None
-        h.userns = make_userns_for(self.ctx, spec.bind.idmap)
+        idmap = spec.bind.idmap
+        h.userns = make_userns_for(self.ctx, idmap)
+        h.idmap = idmap.to_json()
+        if idmap.userns is not None:
+            st = os.fstat(h.userns.fileno())
+            h.idmap["ns"] = [st.st_dev, st.st_ino]
 
     def _set_attr(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert h.mnt is not None and spec.bind is not None

@@ -38,6 +38,7 @@ from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
+from .idmap import idmap_evidence
 from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
@@ -268,7 +269,8 @@ class Engine:
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
         # Ours too: what a journal left behind names (half-made mounts are not foreign).
         owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts)) | journaled
-        return diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
+        idmaps = idmap_evidence(plan, [m for m in state.mounts if m.name in managed], live)
+        return diff(plan, managed, live, paths, prints, prune=prune, owned=owned, idmaps=idmaps)
 
     def plan(self, plan: Plan, roots: Mapping[str, str | int] | None = None, *, prune: bool = False) -> ChangeSet:
         """What apply (with ``prune``) would do, against the live table and the state file. Touches nothing."""

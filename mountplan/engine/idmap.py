@@ -12,20 +12,24 @@ source mount's own attributes and this process's user namespace are read.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mountplan._kernel import AtFlag, Fd, MountAttr
+from mountplan._idmap_drift import IdmapEvidence
+from mountplan._kernel import AtFlag, Fd, MountAttr, userns_identity
+from mountplan._kernel.statmount import statmount_idmap
 from mountplan.errors import KernelError
-from mountplan.livetable import LiveMount, read_live_table
-from mountplan.model import IdMapping, MountSpec
+from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table
+from mountplan.model import IdMapping, MountSpec, Plan
 
 from .context import Context
 from .roots import O_PATH_ANY, resolve
+from .state import ManagedMount
 
 if TYPE_CHECKING:
     from .attach import Attacher
 
-__all__ = ["make_userns_for", "set_idmap"]
+__all__ = ["idmap_evidence", "make_userns_for", "set_idmap"]
 
 _AT_FDCWD = -100
 _INITIAL_UID_MAP = ["0", "0", "4294967295"]
@@ -159,3 +163,25 @@ def _submounts(attacher: Attacher, spec: MountSpec, source: LiveMount | None) ->
     except (KernelError, ValueError):
         return []
     return [m for m in table if source is None or m.mount_point != source.mount_point]
+
+
+def idmap_evidence(
+    plan: Plan, managed: Sequence[ManagedMount], live: LiveTable
+) -> dict[str, IdmapEvidence]:
+    """What the diff needs to compare each managed bind's idmapping with the plan (read only)."""
+    specs = {m.name: m for m in plan.mounts}
+    out: dict[str, IdmapEvidence] = {}
+    for entry in managed:
+        spec = specs.get(entry.name)
+        planned = spec.bind.idmap if spec is not None and spec.bind is not None else None
+        if spec is None or spec.bind is None or (planned is None and entry.idmap is None):
+            continue
+        maps = None
+        if entry.unique and live.source is TableSource.STATMOUNT:
+            try:
+                maps = statmount_idmap(entry.mnt_id)
+            except KernelError:
+                maps = None  # gone meanwhile: the diff finds it missing from the table
+        userns_now = userns_identity(planned.userns) if planned is not None and planned.userns else None
+        out[entry.name] = IdmapEvidence(live=maps, recorded=entry.idmap, userns_now=userns_now)
+    return out
