@@ -36,6 +36,18 @@ def required_for(plan: Plan) -> tuple[str, ...]:
     return ("mount_setattr",) if recursive_attrs or idmapped else ()
 
 
+def require_features(plan: Plan) -> None:
+    """Refuse, before any change, a kernel without what ``plan`` needs (FeatureMissingError).
+
+    The plan's own needs are checked first: they are the newest syscalls
+    (mount_setattr, 5.12), so on a kernel that lacks several the error names the
+    version that has them all.
+    """
+    features = detect()
+    features.require(*required_for(plan))
+    features.require()
+
+
 def set_attrs(
     ctx: Context,
     fd: int,

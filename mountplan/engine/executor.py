@@ -33,7 +33,7 @@ from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Plan
 
 from .apply_run import apply_locked
-from .attrs import required_for
+from .attrs import require_features
 from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
@@ -109,8 +109,7 @@ class Engine:
         prune: bool = False,
     ) -> ApplyResult:
         """Make every planned mount; undo everything on failure."""
-        detect().require()
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
@@ -151,8 +150,7 @@ class Engine:
         run: if this process is killed, the next apply, destroy or recover of the
         instance (which gets the lock only once we are gone) destroys them.
         """
-        detect().require()
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
@@ -337,7 +335,7 @@ class Engine:
         saved.check_state_dir(self.state_dir)
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}
