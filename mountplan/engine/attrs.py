@@ -39,13 +39,16 @@ def required_for(plan: Plan) -> tuple[str, ...]:
 def require_features(plan: Plan) -> None:
     """Refuse, before any change, a kernel without what ``plan`` needs (FeatureMissingError).
 
-    The plan's own needs are checked first: they are the newest syscalls
-    (mount_setattr, 5.12), so on a kernel that lacks several the error names the
-    version that has them all.
+    The always-required syscalls are checked first, except that a plan with an
+    idmapped bind asks for mount_setattr before anything: nothing else can set
+    an idmapping, so "needs Linux 5.12" is the answer even where older syscalls
+    are missing too.
     """
     features = detect()
-    features.require(*required_for(plan))
+    if any(m.bind is not None and m.bind.idmap is not None for m in plan.mounts):
+        features.require("mount_setattr")
     features.require()
+    features.require(*required_for(plan))
 
 
 def set_attrs(
