@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mountplan.errors import CompileError
-from mountplan.model import Attr, MountKind, MountSpec, Option, Plan, Propagation, render_ranges
+from mountplan.model import Attr, MountSpec, Option, Plan, Propagation, render_ranges
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -564,9 +564,10 @@ def _storage(graph: nx.DiGraph[str]) -> tuple[_NodeAttrs, _Adjacency, _Adjacency
 
 
 def _mount_label(m: MountSpec) -> str:
-    what = m.fs_type if m.kind is MountKind.FILESYSTEM else f"bind {m.bind.source.render()}"  # type: ignore[union-attr]
-    if m.bind is not None and m.bind.idmap is not None:
-        what += " (idmapped)"
+    if m.bind is None:
+        what = str(m.fs_type)
+    else:
+        what = f"bind {m.bind.source.render()}" + (" (idmapped)" if m.bind.idmap is not None else "")
     return f"{m.name}\\n{m.root}:{m.target}\\n{what}"
 
 

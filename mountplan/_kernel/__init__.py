@@ -26,7 +26,6 @@ from .fd import BorrowedFd, Fd
 from .features import Features, detect
 from .identity import RootEvidence, root_evidence
 from .legacy import remount_attrs, set_propagation
-from .userns import make_userns, open_userns, userns_identity
 from .syscalls import (
     MountIds,
     fsconfig_create,
@@ -52,6 +51,7 @@ from .syscalls import (
     statx_mount_ids,
     umount_at,
 )
+from .userns import make_userns, open_userns, userns_identity
 
 __all__ = [
     "AtFlag",
@@ -91,9 +91,9 @@ __all__ = [
     "move_mount",
     "open_tree",
     "open_tree_attr",
+    "open_userns",
     "openat2",
     "openat2_if_exists",
-    "open_userns",
     "read_fs_messages",
     "remount_attrs",
     "root_evidence",

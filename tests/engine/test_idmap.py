@@ -85,7 +85,7 @@ def _write_as(uid: int, directory: str, name: str) -> int:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
             Path(name).write_text(name)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any failure is the child's answer
             os._exit(1)
         os._exit(0)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
