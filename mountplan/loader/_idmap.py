@@ -54,9 +54,13 @@ def _check_lines(doc: Document, path: Path, where: str, lines: list[Any], report
         return
     good: list[tuple[int, int, int, int]] = []  # (inside, outside, count, index)
     for index, line in enumerate(lines):
-        if not isinstance(line, list) or not all(type(v) is int for v in line):
+        if not isinstance(line, list) or not all(isinstance(v, int | float) and type(v) is not bool for v in line):
             continue  # the schema reported it
         pos = doc.value_position((*path, index))
+        if not all(type(v) is int for v in line):
+            # JSON Schema counts 1.0 as an integer; the kernel reads whole numbers only.
+            report(pos, f"line {index + 1} of {where} has a number written with a decimal point; ids and counts are whole numbers")
+            continue
         if len(line) != 3:
             report(pos, f"line {index + 1} of {where} has {len(line)} numbers; a line is [inside, outside, count]")
             continue
