@@ -9,15 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from _profiles import needs_engine
 
+from mountplan._kernel.emulation import active_profile
 from mountplan.testing import mount_table_snapshot
 
 DOC = Path(__file__).parents[2] / "docs" / "idmap.md"
 
 # Root only: the example shares a tree owned by uid 1000 (chown needs root) from the
 # host's filesystem, which a user namespace may not idmap.
-pytestmark = [pytest.mark.mountns, pytest.mark.rootonly, needs_engine]
+_PROFILE = active_profile()
+pytestmark = [
+    pytest.mark.mountns,
+    pytest.mark.rootonly,
+    pytest.mark.skipif(
+        _PROFILE is not None and _PROFILE.takes_away(("mount_setattr",)),
+        reason="idmapped mounts need mount_setattr, which this emulated kernel profile takes away",
+    ),
+]
 
 
 def _doc_blocks(kind: str) -> list[str]:
