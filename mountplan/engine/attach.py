@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mountplan._kernel import AtFlag, Fd, MountAttr, MoveMountFlag, OpenFlag, OpenTreeFlag
+from mountplan._kernel import AtFlag, BorrowedFd, Fd, MountAttr, MoveMountFlag, OpenFlag, OpenTreeFlag
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError, RootError
 from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table, statmount_live
-from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec
+from mountplan.model import OVERLAY_PATH_KEYS, Attr, IdMapping, MountKind, MountpointKind, MountSpec
 
 from .attrs import has_mount_setattr, set_attrs
 from .context import Context
@@ -82,9 +82,18 @@ class Attacher:
     #: mounts outside the roots looked up during this apply (the ones the roots lie on)
     outside: dict[int, LiveMount] = field(default_factory=dict)
     maker: MountpointMaker = field(init=False)
+    #: user namespaces made or opened in this apply, one per distinct mapping: making
+    #: one costs a process (milliseconds), and binds with the same mapping share it
+    usernses: dict[IdMapping, Fd] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.maker = MountpointMaker(self.ctx, self.tx)
+
+    def close(self) -> None:
+        """Close what the chains shared (the user namespaces); the mounts keep their mappings."""
+        for fd in self.usernses.values():
+            fd.close()
+        self.usernses.clear()
 
     def run_step(self, step: Step, spec: MountSpec, handles: Handles) -> None:
         """Run one step of ``spec``'s chain (a destroy step kind here is a compiler bug: KeyError)."""
@@ -164,7 +173,10 @@ class Attacher:
     def _userns(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert spec.bind is not None and spec.bind.idmap is not None
         idmap = spec.bind.idmap
-        h.userns = make_userns_for(self.ctx, idmap)
+        shared = self.usernses.get(idmap)
+        if shared is None:
+            shared = self.usernses[idmap] = make_userns_for(self.ctx, idmap)
+        h.userns = BorrowedFd(shared.fileno(), "userns")
         h.idmap = idmap.to_json()
         if idmap.userns is not None:
             st = os.fstat(h.userns.fileno())

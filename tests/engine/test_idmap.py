@@ -23,6 +23,7 @@ from mountplan._kernel.features import detect
 from mountplan._kernel.statmount import statmount_idmap
 from mountplan.changes import Action
 from mountplan.engine import Engine, attrs
+from mountplan.engine.backend import FaultInjector
 from mountplan.errors import ExecutionError, FeatureMissingError, KernelError
 from mountplan.livetable import read_live_table
 from mountplan.model import IdMapping, IdRange, MountSpec, Plan, RootSpec, SourceRef
@@ -286,3 +287,23 @@ def test_apply_under_the_emulated_kernel(root_dir: str, tmp_path: Path) -> None:
     assert not engine.plan(plan, {ROOT: root_dir}).has_changes
     change = {c.mount: c for c in engine.plan(_view_plan(_idmap((2, 0, 1))), {ROOT: root_dir}).changes}["view"]
     assert change.action is Action.REPLACE and change.fields[0].field == "idmap.uids"
+
+
+@needs_mount_setattr
+@needs_tmpfs_idmap
+def test_binds_with_one_mapping_share_one_user_namespace(root_dir: str, tmp_path: Path) -> None:
+    """Making a user namespace costs a process: an apply makes one per distinct mapping, not per bind."""
+    same, other = _idmap((1, 0, 1)), _idmap((2, 0, 1))
+    mounts = [tmpfs("data", "data")]
+    for name, idmap in (("a", same), ("b", same), ("c", other), ("d", same)):
+        spec = bind(name, name, SourceRef("data", ROOT), recursive=False)
+        mounts.append(dataclasses.replace(spec, bind=dataclasses.replace(spec.bind, idmap=idmap)))  # type: ignore[arg-type]
+    backend = FaultInjector()
+    Engine(state_dir=str(tmp_path / "state"), backend=backend).apply(_plan(*mounts), {ROOT: root_dir})
+    assert backend.calls.count("make_userns") == 2
+    Path(f"{root_dir}/data/file").write_text("x")
+    assert {os.stat(f"{root_dir}/{name}/file").st_uid for name in "abcd"} == {_overflow_uid()}
+    if _LIVE_MAPS:
+        table = read_live_table()
+        maps = {name: statmount_idmap(table.at(f"{root_dir}/{name}")[-1].mnt_id)[0] for name in "abcd"}  # type: ignore[arg-type,index]
+        assert maps == {"a": ("1 0 1",), "b": ("1 0 1",), "c": ("2 0 1",), "d": ("1 0 1",)}
