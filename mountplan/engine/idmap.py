@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mountplan._idmap_drift import IdmapEvidence
 from mountplan._kernel import AtFlag, Fd, MountAttr, userns_identity
@@ -27,9 +27,20 @@ from .roots import O_PATH_ANY, resolve
 from .state import ManagedMount
 
 if TYPE_CHECKING:
-    from .attach import Attacher
+    from .roots import RootSet
 
-__all__ = ["idmap_evidence", "make_userns_for", "set_idmap"]
+
+class SourceLookup(Protocol):
+    """What the diagnosis reads besides the kernel: the Attacher during apply, a probe during plan."""
+
+    ctx: Context
+    rootset: RootSet
+
+    def mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None: ...
+
+    def source_path(self, spec: MountSpec) -> str: ...
+
+__all__ = ["SourceLookup", "idmap_evidence", "make_userns_for", "set_idmap"]
 
 _AT_FDCWD = -100
 _INITIAL_UID_MAP = ["0", "0", "4294967295"]
@@ -47,7 +58,7 @@ def make_userns_for(ctx: Context, idmap: IdMapping) -> Fd:
 
 
 def set_idmap(
-    attacher: Attacher, spec: MountSpec, mnt: Fd, userns: Fd, attr_set: MountAttr, attr_clr: MountAttr
+    attacher: SourceLookup, spec: MountSpec, mnt: Fd, userns: Fd, attr_set: MountAttr, attr_clr: MountAttr
 ) -> None:
     """Set the attributes and the mapping of ``userns`` on the detached clone ``mnt`` in one call."""
     assert spec.bind is not None
@@ -69,7 +80,7 @@ def set_idmap(
         ) from None
 
 
-def _einval_cause(attacher: Attacher, spec: MountSpec, mnt: Fd, userns: Fd, flags: AtFlag) -> str:
+def _einval_cause(attacher: SourceLookup, spec: MountSpec, mnt: Fd, userns: Fd, flags: AtFlag) -> str:
     """Ask the kernel again, with the mapping alone, and name what it refuses ('' when not the mapping)."""
     assert spec.bind is not None and spec.bind.idmap is not None
     backend = attacher.ctx.backend
@@ -108,7 +119,7 @@ def _einval_cause(attacher: Attacher, spec: MountSpec, mnt: Fd, userns: Fd, flag
     )
 
 
-def _eperm_cause(attacher: Attacher, spec: MountSpec) -> str:
+def _eperm_cause(attacher: SourceLookup, spec: MountSpec) -> str:
     """Why the kernel refused with EPERM, for the causes checked here ('' when none is)."""
     assert spec.bind is not None and spec.bind.idmap is not None
     source = _source_mount(attacher, spec)
@@ -137,7 +148,7 @@ def _own_uid_map() -> str | None:
         return None
 
 
-def _source_mount(attacher: Attacher, spec: MountSpec) -> LiveMount | None:
+def _source_mount(attacher: SourceLookup, spec: MountSpec) -> LiveMount | None:
     """The mount the bind source lies on (the top of the clone), from the live table."""
     assert spec.bind is not None
     backend = attacher.ctx.backend
@@ -156,7 +167,7 @@ def _source_mount(attacher: Attacher, spec: MountSpec) -> LiveMount | None:
     return attacher.mount_by_id(ids.mnt_id, ids.unique)
 
 
-def _submounts(attacher: Attacher, spec: MountSpec, source: LiveMount | None) -> list[LiveMount]:
+def _submounts(attacher: SourceLookup, spec: MountSpec, source: LiveMount | None) -> list[LiveMount]:
     path = attacher.source_path(spec)
     try:
         table = read_live_table(beneath=[path])

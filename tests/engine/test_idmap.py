@@ -307,3 +307,17 @@ def test_binds_with_one_mapping_share_one_user_namespace(root_dir: str, tmp_path
         table = read_live_table()
         maps = {name: statmount_idmap(table.at(f"{root_dir}/{name}")[-1].mnt_id)[0] for name in "abcd"}  # type: ignore[arg-type,index]
         assert maps == {"a": ("1 0 1",), "b": ("1 0 1",), "c": ("2 0 1",), "d": ("1 0 1",)}
+
+
+@needs_mount_setattr
+def test_plan_asks_the_kernel_and_names_the_filesystem_without_changing_anything(root_dir: str, tmp_path: Path) -> None:
+    """`plan` idmaps a detached clone of /proc and drops it: the refusal names proc; nothing is mounted."""
+    spec = bind("procview", "procview", SourceRef("/proc"), recursive=False)
+    spec = dataclasses.replace(spec, bind=dataclasses.replace(spec.bind, idmap=_idmap((0, 0, 1))))  # type: ignore[arg-type]
+    before = mount_table_snapshot()
+    changes = _engine(tmp_path).plan(_plan(spec), {ROOT: root_dir})
+    assert len(changes.problems) == 1
+    assert "the proc filesystem of bind source /proc" in changes.problems[0]
+    assert "does not support idmapped mounts" in changes.problems[0]
+    assert mount_table_snapshot() == before
+    assert os.listdir(root_dir) == []
