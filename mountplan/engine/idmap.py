@@ -71,7 +71,12 @@ def set_idmap(
         if exc.errno == errno.EINVAL:
             hint = _einval_cause(attacher, spec, mnt, userns, flags)
         elif exc.errno == errno.EPERM:
-            hint = _eperm_cause(attacher, spec)
+            # Never the generic mount_setattr hint (locked flags): an idmapping clears none.
+            hint = _eperm_cause(attacher, spec) or (
+                "the kernel refuses an idmapping without CAP_SYS_ADMIN over the user namespace that owns the "
+                "filesystem and over the mapping's user namespace (never the initial one); which of these "
+                "failed was not determined here"
+            )
         if not hint:
             raise
         raise KernelError(
