@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mountplan._fsopts import options_differ
+from mountplan._idmap_drift import IdmapEvidence, idmap_differences
 from mountplan._kernel.constants import MOUNT_ATTR_ATIME_MASK, MountAttr
 from mountplan._kernel.constants import Propagation as KernelPropagation
 from mountplan.livetable import LiveMount, LiveTable
@@ -276,6 +277,7 @@ def diff(
     *,
     prune: bool,
     owned: frozenset[int] = frozenset(),
+    idmaps: Mapping[str, IdmapEvidence] | None = None,
 ) -> ChangeSet:
     """Classify each planned mount.
 
@@ -287,7 +289,8 @@ def diff(
     plan no longer lists is a DELETE change with ``prune``, else it goes to
     :attr:`ChangeSet.kept`. A (re)created mount takes the planned mounts beneath
     it along (a cascade: they would be shadowed). Every mount beneath a root that
-    is not ours is reported as foreign.
+    is not ours is reported as foreign. ``idmaps`` holds what the engine learned
+    of managed binds' idmappings; a difference forces replacement.
     """
     changes: list[Change] = []
     foreign: list[ForeignMount] = []
@@ -306,6 +309,15 @@ def diff(
             changes.append(Change(spec.name, spec.root, spec.target, Action.CREATE, reason=reason))
             continue
         assert entry is not None
+        if spec.kind is MountKind.BIND or ours.attrs & MountAttr.IDMAP:
+            evidence = (idmaps or {}).get(spec.name, IdmapEvidence())
+            moved = [FieldChange(*d) for d in idmap_differences(spec, ours, evidence)]
+            if moved:
+                changes.append(Change(
+                    spec.name, spec.root, spec.target, Action.REPLACE, tuple(moved),
+                    "idmap forces replacement (a mapping cannot change on a live mount)", mnt_id=entry[0],
+                ))
+                continue
         if entry[3] != fingerprints[spec.name] and (spec.kind is MountKind.BIND or spec.fs_type in REPLACE_ON_CHANGE):
             what = "bind" if spec.kind is MountKind.BIND else f"{spec.fs_type}"
             changes.append(

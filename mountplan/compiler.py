@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mountplan.compile_objects import object_apply_chains, object_destroy_chains, object_edges
 from mountplan.errors import CompileError
-from mountplan.model import Attr, MountSpec, Option, Plan, Propagation
+from mountplan.model import Attr, MountSpec, Option, Plan, Propagation, render_ranges
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -47,6 +47,8 @@ class StepKind(enum.Enum):
     CREATE = "fsconfig_create"
     FSMOUNT = "fsmount"
     OPEN_TREE = "open_tree"
+    #: a user namespace for an idmapped bind: made with the planned maps (fork + unshare), or opened
+    USERNS = "userns"
     SET_ATTR = "mount_setattr"
     ENSURE_MOUNTPOINT = "mkdir"
     RESOLVE_TARGET = "resolve_target"
@@ -339,6 +341,8 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
                 ("#00:open_tree", StepKind.OPEN_TREE, source),
                 ("#01:mount_setattr", StepKind.SET_ATTR, attrs),
             ]
+            if m.bind.idmap is not None:
+                head = _idmap_head(m, source, attrs)
         tail = tail_suffixes.get(len(head))
         if tail is None:
             tail = tail_suffixes[len(head)] = _tail_suffixes(len(head))
@@ -359,6 +363,25 @@ def _apply_chains(mounts: tuple[MountSpec, ...]) -> dict[str, list[Step]]:
         chain.append(_new_step(name + tail[5], StepKind.SET_PROPAGATION, name, root, propagation))
         chains[name] = chain
     return chains
+
+
+def _idmap_head(m: MountSpec, source: _Args, attrs: _Args) -> _Head:
+    """userns, open_tree, then one mount_setattr that sets the attributes and ``MOUNT_ATTR_IDMAP`` on the clone.
+
+    The mapping is set on the detached clone, before move_mount: the kernel
+    refuses it on an attached mount and on one already idmapped.
+    """
+    assert m.bind is not None and m.bind.idmap is not None
+    idmap = m.bind.idmap
+    if idmap.userns is not None:
+        userns: _Args = (("userns", idmap.userns),)
+    else:
+        userns = (("uid_map", render_ranges(idmap.uids)), ("gid_map", render_ranges(idmap.gids)))
+    return [
+        ("#00:userns", StepKind.USERNS, userns),
+        ("#01:open_tree", StepKind.OPEN_TREE, source),
+        ("#02:mount_setattr", StepKind.SET_ATTR, (*attrs, ("idmap", "userns"))),
+    ]
 
 
 def _filesystem_head(m: MountSpec, attrs: _Args) -> _Head:

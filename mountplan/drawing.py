@@ -74,6 +74,8 @@ def mount_label(m: MountSpec) -> tuple[str, ...]:
         what = str(m.fs_type)
     else:
         what = f"{'rbind' if m.bind.recursive else 'bind'} {m.bind.source.render()}"
+        if m.bind.idmap is not None:
+            what += " (idmapped)"
     # Enum order, not set order: the same plan always draws the same label.
     attrs = ",".join(a.value for a in Attr if a in m.attrs) or "none"
     return (m.name, f"{m.root}:{m.target}", what, f"attrs: {attrs}", f"propagation: {m.propagation.value}")

@@ -16,6 +16,8 @@ from mountplan._kernel.constants import Propagation as KernelPropagation
 __all__ = [
     "Attr",
     "BindSource",
+    "IdMapping",
+    "IdRange",
     "MountKind",
     "MountSpec",
     "MountpointKind",
@@ -125,11 +127,68 @@ class SourceRef:
 
 
 @dataclass(frozen=True, slots=True)
+class IdRange:
+    """One line of an id map: ``count`` ids from ``inside`` (on the filesystem) seen as ``outside``.
+
+    The order of a user namespace's ``uid_map`` (user_namespaces(7)): ``inside``
+    is the id stored on the source filesystem, ``outside`` the id a process sees
+    (and writes as) through the idmapped mount.
+    """
+
+    inside: int
+    outside: int
+    count: int
+
+    def render(self) -> str:
+        return f"{self.inside}:{self.outside}:{self.count}"
+
+    def map_line(self) -> str:
+        """The line written to ``/proc/PID/uid_map`` (or ``gid_map``)."""
+        return f"{self.inside} {self.outside} {self.count}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdMapping:
+    """An idmapped bind's mapping: a user namespace made with ``uids``/``gids``, or an existing one.
+
+    ``userns`` names an existing user namespace (an absolute path to an nsfs file
+    such as ``/proc/PID/ns/user``, or ``fd:N`` for one an embedding program
+    holds open); then ``uids`` and ``gids`` are empty.
+    """
+
+    uids: tuple[IdRange, ...] = ()
+    gids: tuple[IdRange, ...] = ()
+    userns: str | None = None
+
+    def render(self) -> str:
+        """``uids 0:100000:65536 gids 0:100000:65536``, or ``userns /proc/1/ns/user``."""
+        if self.userns is not None:
+            return f"userns {self.userns}"
+        return f"uids {render_ranges(self.uids)} gids {render_ranges(self.gids)}"
+
+    def to_json(self) -> dict[str, object]:
+        if self.userns is not None:
+            return {"userns": self.userns}
+        return {"uids": [[r.inside, r.outside, r.count] for r in self.uids],
+                "gids": [[r.inside, r.outside, r.count] for r in self.gids]}
+
+
+def render_ranges(ranges: tuple[IdRange, ...]) -> str:
+    """``0:100000:65536,70000:0:1`` (``-`` for none)."""
+    return ",".join(r.render() for r in ranges) or "-"
+
+
+@dataclass(frozen=True, slots=True)
 class BindSource:
-    """What a bind mount clones: a host path, or a path beneath a named root."""
+    """What a bind mount clones: a host path, or a path beneath a named root.
+
+    ``idmap`` makes the clone an idmapped mount (``MOUNT_ATTR_IDMAP``) before it
+    is attached; with ``recursive`` every mount of the tree is idmapped.
+    """
 
     source: SourceRef
     recursive: bool = True
+    idmap: IdMapping | None = None
 
 
 @dataclass(frozen=True, slots=True)

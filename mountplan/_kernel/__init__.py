@@ -52,6 +52,7 @@ from .syscalls import (
     statx_mount_ids,
     umount_at,
 )
+from .userns import make_userns, open_userns, userns_identity
 
 __all__ = [
     "AtFlag",
@@ -88,12 +89,14 @@ __all__ = [
     "fsmount",
     "fsopen",
     "fspick",
+    "make_userns",
     "mkdirat",
     "mount_setattr",
     "move_mount",
     "open_directory",
     "open_tree",
     "open_tree_attr",
+    "open_userns",
     "openat2",
     "openat2_if_exists",
     "read_fs_messages",
@@ -104,4 +107,5 @@ __all__ = [
     "symlinkat",
     "umount_at",
     "unlinkat",
+    "userns_identity",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "iter_mounts",
     "listmount",
     "statmount",
+    "statmount_idmap",
 ]
 
 #: ``mnt_id`` for listmount meaning "the root of the namespace": list every mount.
@@ -302,8 +303,53 @@ class StatmountBuffer:
         return raw.decode("utf-8", "surrogateescape")
 
 
+    def strings(self, offset: int) -> tuple[str, ...]:
+        """A string array: its count is the u32 at ``offset``, its start the u32 after it.
+
+        The kernel writes the elements back to back, each ending in a NUL.
+        """
+        count, rel = self.unpack(_ARRAY_AT, offset)
+        out: list[str] = []
+        position = self._addr + _HEADER_SIZE + rel
+        for _ in range(count):
+            raw = ctypes.string_at(position)
+            out.append(raw.decode("utf-8", "surrogateescape"))
+            position += len(raw) + 1
+        return tuple(out)
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_ARRAY_AT = struct.Struct("<II")
+_OFF_MNT_ATTR, _OFF_UIDMAP, _OFF_GIDMAP = 64, 152, 160
+_MOUNT_ATTR_IDMAP = 0x100000
+
+
+def statmount_idmap(mnt_id: int) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The uid and gid map of the mount with unique id ``mnt_id``, as ``"inside outside count"`` lines.
+
+    Outside ids are shown as this process's user namespace sees them (an id it
+    cannot see reads 4294967295). ``((), ())`` for a mount that is not idmapped;
+    None where the kernel cannot tell (``STATMOUNT_MNT_UIDMAP`` is Linux 6.15;
+    older kernels refuse the bit with EINVAL, or have no statmount at all).
+    """
+    sb = StatmountBuffer()
+    mask = int(StatmountMask.MNT_BASIC | StatmountMask.MNT_UIDMAP | StatmountMask.MNT_GIDMAP)
+    try:
+        got = sb.call(mnt_id, mask)
+    except KernelError as exc:
+        if exc.errno in {errno.EINVAL, errno.ENOSYS, errno.EPERM}:
+            return None
+        raise
+    if not got & StatmountMask.MNT_BASIC:
+        return None
+    if not sb.u64(_OFF_MNT_ATTR) & _MOUNT_ATTR_IDMAP:
+        return (), ()
+    if not got & StatmountMask.MNT_UIDMAP:
+        return None  # idmapped, but this kernel does not report maps
+    uids = sb.strings(_OFF_UIDMAP)
+    gids = sb.strings(_OFF_GIDMAP) if got & StatmountMask.MNT_GIDMAP else ()
+    return uids, gids
 
 
 def listmount(

@@ -249,17 +249,21 @@ def open_tree(dirfd: int, path: str, flags: OpenTreeFlag) -> Fd:
 
 
 def _mount_attr(
-    attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None
+    attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None, userns_fd: int = 0
 ) -> ctypes.Array[ctypes.c_char]:
     # Setting any atime mode needs the whole atime field cleared first (kernel.md).
     if int(attr_set) & MOUNT_ATTR_ATIME_MASK or int(attr_clr) & MOUNT_ATTR_ATIME_MASK:
         attr_clr = MountAttr(int(attr_clr) | MOUNT_ATTR_ATIME_MASK)
-    raw = struct.pack("<QQQQ", int(attr_set), int(attr_clr), int(propagation or 0), 0)
+    raw = struct.pack("<QQQQ", int(attr_set), int(attr_clr), int(propagation or 0), userns_fd)
     return ctypes.create_string_buffer(raw, len(raw))
 
 
-def _describe_attr(attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None) -> str:
+def _describe_attr(
+    attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None, userns_fd: int = 0
+) -> str:
     text = f"set={flag_names(attr_set, MountAttr)} clr={flag_names(attr_clr, MountAttr)}"
+    if attr_set & MountAttr.IDMAP:
+        text += f" userns_fd={userns_fd}"
     if propagation is not None:
         text += f" propagation={propagation.name}"
     return text
@@ -300,9 +304,16 @@ def mount_setattr(
     attr_set: MountAttr = _NO_ATTRS,
     attr_clr: MountAttr = _NO_ATTRS,
     propagation: Propagation | None = None,
+    *,
+    userns_fd: int = 0,
 ) -> None:
-    """Change attributes and/or propagation of a mount (attached or detached)."""
-    buf = _mount_attr(attr_set, attr_clr, propagation)
+    """Change attributes and/or propagation of a mount (attached or detached).
+
+    ``userns_fd`` (with ``MOUNT_ATTR_IDMAP`` in ``attr_set``) is the user namespace
+    whose mapping an idmapped mount takes; the kernel allows that only on a
+    detached mount that is not idmapped yet.
+    """
+    buf = _mount_attr(attr_set, attr_clr, propagation, userns_fd)
     ret = _libc.syscall(
         "mount_setattr",
         ctypes.c_int(dirfd),
@@ -316,7 +327,7 @@ def mount_setattr(
             -ret,
             "mount_setattr",
             [path] if path else [],
-            f"{flag_names(flags, AtFlag)} {_describe_attr(attr_set, attr_clr, propagation)}",
+            f"{flag_names(flags, AtFlag)} {_describe_attr(attr_set, attr_clr, propagation, userns_fd)}",
         )
 
 

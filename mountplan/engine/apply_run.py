@@ -176,7 +176,7 @@ engine: Engine,
                     name=name, root=spec.root, target=spec.target, mnt_id=handles.mnt_id, unique=handles.unique,
                     fingerprint=fingerprint(spec), created=handles.created,
                     recursive=spec.bind is not None and spec.bind.recursive, submounts=handles.submounts,
-                    proof=handles.proof,
+                    proof=handles.proof, idmap=handles.idmap,
                 )
             )
             if info:
@@ -184,6 +184,7 @@ engine: Engine,
     except BaseException as exc:
         for handles in all_handles:
             handles.close()
+        attacher.close()
         leftovers = rollback(engine.ctx, tx, rootset, plog)
         tx.close(remove=not leftovers)
         if current is not None:
@@ -200,6 +201,7 @@ engine: Engine,
         if isinstance(exc, BusyError):
             raise BusyError(message, step=where[0], holders=exc.holders, leftovers=leftovers) from exc
         raise ExecutionError(message, step=where[0], leftovers=leftovers) from exc
+    attacher.close()
     for managed, print_ in new_prints:
         managed.fingerprint = print_
     state.mounts[:0] = root_binds  # first in, last out: destroy removes them after everything beneath

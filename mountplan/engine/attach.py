@@ -19,15 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mountplan._kernel import AtFlag, Fd, MountAttr, MoveMountFlag, OpenFlag, OpenTreeFlag
+from mountplan._kernel import AtFlag, BorrowedFd, Fd, MountAttr, MoveMountFlag, OpenFlag, OpenTreeFlag
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError, RootError
 from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table, statmount_live
-from mountplan.model import OVERLAY_PATH_KEYS, Attr, MountKind, MountpointKind, MountSpec
+from mountplan.model import OVERLAY_PATH_KEYS, Attr, IdMapping, MountKind, MountpointKind, MountSpec
 
 from .attrs import has_mount_setattr, set_attrs
 from .context import Context
+from .idmap import make_userns_for, set_idmap
 from .mountpoint import MountpointMaker, no_symlink
 from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
@@ -47,18 +48,22 @@ class Handles:
     fs: Fd | None = None
     mnt: Fd | None = None
     target: Fd | None = None
+    #: the user namespace an idmapped bind takes its mapping from (closed once set)
+    userns: Fd | None = None
     extra: list[Fd] = field(default_factory=list)
     source_is_file: bool = False
     mnt_id: int = 0
     unique: bool = True
     submounts: tuple[int, ...] = ()
     proof: list[int | None] | None = None
+    #: an idmapped bind's mapping as the state records it (ManagedMount.idmap)
+    idmap: dict[str, Any] | None = None
     #: (set, clear) still to apply once attached, on kernels without mount_setattr
     pending_attrs: tuple[MountAttr, MountAttr] | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in (self.fs, self.mnt, self.target, *self.extra):
+        for fd in (self.fs, self.mnt, self.target, self.userns, *self.extra):
             if fd is not None:
                 fd.close()
         self.extra.clear()
@@ -77,9 +82,18 @@ class Attacher:
     #: mounts outside the roots looked up during this apply (the ones the roots lie on)
     outside: dict[int, LiveMount] = field(default_factory=dict)
     maker: MountpointMaker = field(init=False)
+    #: user namespaces made or opened in this apply, one per distinct mapping: making
+    #: one costs a process (milliseconds), and binds with the same mapping share it
+    usernses: dict[IdMapping, Fd] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.maker = MountpointMaker(self.ctx, self.tx)
+
+    def close(self) -> None:
+        """Close what the chains shared (the user namespaces); the mounts keep their mappings."""
+        for fd in self.usernses.values():
+            fd.close()
+        self.usernses.clear()
 
     def run_step(self, step: Step, spec: MountSpec, handles: Handles) -> None:
         """Run one step of ``spec``'s chain (a destroy step kind here is a compiler bug: KeyError)."""
@@ -156,12 +170,29 @@ class Attacher:
         assert h.mnt is not None
         h.source_is_file = not stat.S_ISDIR(os.fstat(h.mnt.fileno()).st_mode)
 
+    def _userns(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
+        assert spec.bind is not None and spec.bind.idmap is not None
+        idmap = spec.bind.idmap
+        shared = self.usernses.get(idmap)
+        if shared is None:
+            shared = self.usernses[idmap] = make_userns_for(self.ctx, idmap)
+        h.userns = BorrowedFd(shared.fileno(), "userns")
+        h.idmap = idmap.to_json()
+        if idmap.userns is not None:
+            st = os.fstat(h.userns.fileno())
+            h.idmap["ns"] = [st.st_dev, st.st_ino]
+
     def _set_attr(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
         assert h.mnt is not None and spec.bind is not None
         attr_set = spec.kernel_attrs
         attr_clr = MountAttr(0)
         if Attr.RELATIME in spec.attrs:
             attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
+        if h.userns is not None:
+            # Needs mount_setattr (required_for asks for it before any change).
+            set_idmap(self, spec, h.mnt, h.userns, attr_set, attr_clr)
+            h.userns.close()
+            return
         if not (attr_set or attr_clr):
             return
         if has_mount_setattr():
@@ -202,7 +233,7 @@ class Attacher:
         h.mnt_id, h.unique = ids.mnt_id, ids.unique
         recursive = spec.bind is not None and spec.bind.recursive
         if recursive:
-            h.submounts = clone_ids(self.ctx, h.mnt, self._source_path(spec), ids.mnt_id)
+            h.submounts = clone_ids(self.ctx, h.mnt, self.source_path(spec), ids.mnt_id)
         if not ids.unique:
             # A 32-bit id is reused at once: keep what the root looks like too.
             h.proof = k.root_evidence(h.mnt.fileno()).to_json()
@@ -225,7 +256,7 @@ class Attacher:
         if h.pending_attrs is not None:
             set_attrs(self.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
 
-    def _source_path(self, spec: MountSpec) -> str:
+    def source_path(self, spec: MountSpec) -> str:
         assert spec.bind is not None
         ref = spec.bind.source
         if ref.root is None:
@@ -241,7 +272,7 @@ class Attacher:
         ids = self.ctx.backend.statx_mount_ids(target.fileno())
         if ids.mnt_id in self.ours:
             return  # beneath one of our own mounts: its propagation is what the plan asked for
-        parent = self._mount_by_id(ids.mnt_id, ids.unique)
+        parent = self.mount_by_id(ids.mnt_id, ids.unique)
         if parent is None or parent.propagation is not KernelPropagation.SHARED:
             return
         raise ExecutionError(
@@ -252,7 +283,7 @@ class Attacher:
             step=f"{spec.name}:move_mount",
         )
 
-    def _mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None:
+    def mount_by_id(self, mnt_id: int, unique: bool) -> LiveMount | None:
         """A mount from the apply's table, which holds only what is beneath the roots; the
         mount a root itself lies on is looked up once (statmount by id, else the full table)."""
         found = find_mount(self.live, mnt_id, unique) or self.outside.get(mnt_id)
@@ -339,6 +370,7 @@ _STEP_HANDLERS: dict[StepKind, Callable[[Attacher, Step, MountSpec, RootHandle, 
     StepKind.CREATE: Attacher._create,
     StepKind.FSMOUNT: Attacher._fsmount,
     StepKind.OPEN_TREE: Attacher._open_tree,
+    StepKind.USERNS: Attacher._userns,
     StepKind.SET_ATTR: Attacher._set_attr,
     StepKind.ENSURE_MOUNTPOINT: Attacher._mountpoint,
     StepKind.RESOLVE_TARGET: Attacher._resolve_target,

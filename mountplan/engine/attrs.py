@@ -25,9 +25,30 @@ def has_mount_setattr() -> bool:
 
 
 def required_for(plan: Plan) -> tuple[str, ...]:
-    """Syscalls beyond the always-required ones that this plan cannot do without."""
+    """Syscalls beyond the always-required ones that this plan cannot do without.
+
+    mount_setattr (5.12) for attributes on a recursive bind's submounts and for
+    any idmapped bind.
+    """
     recursive_attrs = any(m.bind is not None and m.bind.recursive and m.attrs for m in plan.mounts)
-    return ("mount_setattr",) if recursive_attrs else ()
+    # An idmapping can only be set with mount_setattr (or open_tree_attr, 6.15), never mount(2).
+    idmapped = any(m.bind is not None and m.bind.idmap is not None for m in plan.mounts)
+    return ("mount_setattr",) if recursive_attrs or idmapped else ()
+
+
+def require_features(plan: Plan) -> None:
+    """Refuse, before any change, a kernel without what ``plan`` needs (FeatureMissingError).
+
+    The always-required syscalls are checked first, except that a plan with an
+    idmapped bind asks for mount_setattr before anything: nothing else can set
+    an idmapping, so "needs Linux 5.12" is the answer even where older syscalls
+    are missing too.
+    """
+    features = detect()
+    if any(m.bind is not None and m.bind.idmap is not None for m in plan.mounts):
+        features.require("mount_setattr")
+    features.require()
+    features.require(*required_for(plan))
 
 
 def set_attrs(

@@ -43,6 +43,8 @@ CALLS = (
     "fchmod",
     "fchown",
     "unlinkat",
+    "make_userns",
+    "open_userns",
 )
 
 

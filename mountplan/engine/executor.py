@@ -33,11 +33,12 @@ from mountplan.livetable import LiveTable, read_live_table
 from mountplan.model import Plan
 
 from .apply_run import apply_locked
-from .attrs import required_for
+from .attrs import require_features
 from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
+from .idmap import idmap_evidence
 from .object_ops import with_objects
 from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
@@ -109,8 +110,7 @@ class Engine:
         prune: bool = False,
     ) -> ApplyResult:
         """Make every planned mount; undo everything on failure."""
-        detect().require()
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         warn_machine_wide(plan)
         compiled = compiled or compiled_for(plan)
@@ -151,8 +151,7 @@ class Engine:
         run: if this process is killed, the next apply, destroy or recover of the
         instance (which gets the lock only once we are gone) destroys them.
         """
-        detect().require()
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
@@ -270,7 +269,8 @@ class Engine:
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
         # Ours too: what a journal left behind names (half-made mounts are not foreign).
         owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts)) | journaled
-        changes = diff(plan, managed, live, paths, prints, prune=prune, owned=owned)
+        idmaps = idmap_evidence(plan, [m for m in state.mounts if m.name in managed], live)
+        changes = diff(plan, managed, live, paths, prints, prune=prune, owned=owned, idmaps=idmaps)
         if plan.objects or state.objects:
             changes = with_objects(self.ctx, plan, rootset, state, changes, prune=prune)
         return changes
@@ -340,7 +340,7 @@ class Engine:
         saved.check_state_dir(self.state_dir)
         detect().require()
         plan = loader.load_text(saved.plan_text, filename=saved.plan_file)
-        detect().require(*required_for(plan))
+        require_features(plan)
         require_overlay_keys(plan)
         compiled = compiled_for(plan)
         paths: dict[str, str | int] = {name: str(ident["path"]) for name, ident in saved.roots.items()}

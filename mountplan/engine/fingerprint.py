@@ -14,6 +14,9 @@ from mountplan.model import MountSpec, Plan
 
 _SCALARS = (str, int, float, bool, type(None))
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+#: Fields added after fingerprints were first stored: left out while unset, so a
+#: mount applied by an older mountplan keeps its fingerprint (and is not replaced).
+_ADDED_FIELDS = frozenset({"idmap"})
 
 
 def _canonical(value: Any) -> Any:
@@ -24,7 +27,11 @@ def _canonical(value: Any) -> Any:
         return value
     names = _FIELD_NAMES.get(cls)
     if names is not None:
-        return {name: _canonical(getattr(value, name)) for name in names}
+        return {
+            name: _canonical(item)
+            for name in names
+            if (item := getattr(value, name)) is not None or name not in _ADDED_FIELDS
+        }
     if isinstance(value, frozenset | set):
         return sorted(_canonical(v) for v in value)
     if isinstance(value, enum.Enum):

@@ -4,7 +4,8 @@ For every filesystem mount apply would create or replace, a filesystem context i
 opened and each planned option set on it (``fsopen`` + ``fsconfig``, never
 ``FSCONFIG_CMD_CREATE``, nothing mounted): the kernel's own verdict and message,
 as ``tmpfs: Bad value for 'size'``. Every bind source must exist (a root-relative
-one beneath its root, without symlinks). ``validate`` stays offline; this is
+one beneath its root, without symlinks), and an idmapped bind's source must take
+its mapping (a detached clone, idmapped and dropped: nothing is attached). ``validate`` stays offline; this is
 what ``plan`` adds.
 """
 
@@ -15,11 +16,13 @@ import functools
 import os
 
 from mountplan import _kernel
+from mountplan._kernel import Fd
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import FeatureMissingError, KernelError
-from mountplan.model import OVERLAY_PATH_KEYS, MountSpec, Plan
+from mountplan.model import OVERLAY_PATH_KEYS, IdMapping, MountSpec, Plan
 
 from .context import Context
+from .idmap_probe import idmap_problem
 from .roots import O_PATH_ANY, RootSet, resolve
 
 _NEW = {Action.CREATE, Action.REPLACE}
@@ -64,14 +67,28 @@ def kernel_problems(ctx: Context, plan: Plan, changes: ChangeSet, rootset: RootS
     """What the kernel would refuse among the mounts apply would make ('' reasons never)."""
     specs = {m.name: m for m in plan.mounts}
     problems: list[str] = []
+    usernses: dict[IdMapping, Fd] = {}
+    try:
+        _collect(ctx, specs, changes, rootset, usernses, problems)
+    finally:
+        for fd in usernses.values():
+            fd.close()
+    return tuple(problems)
+
+
+def _collect(
+    ctx: Context, specs: dict[str, MountSpec], changes: ChangeSet, rootset: RootSet,
+    usernses: dict[IdMapping, Fd], problems: list[str],
+) -> None:
     for change in changes.changes:
         spec = specs.get(change.mount)
         if spec is None or change.action not in _NEW:
             continue
         problem = _bind_problem(ctx, spec, rootset) if spec.bind is not None else _fs_problem(ctx, spec)
+        if not problem and spec.bind is not None and spec.bind.idmap is not None:
+            problem = idmap_problem(ctx, spec, rootset, usernses)
         if problem:
             problems.append(f"{spec.name} ({spec.root}:{spec.target}): {problem}")
-    return tuple(problems)
 
 
 def _fs_problem(ctx: Context, spec: MountSpec) -> str:

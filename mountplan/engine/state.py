@@ -97,6 +97,9 @@ class ManagedMount:
     submounts: tuple[int, ...] = ()  # ids of the submounts a recursive bind cloned (proven ours)
     #: without unique ids: [dev major, dev minor, root ino, root btime ns | None] of the mount's root
     proof: list[int | None] | None = None
+    #: an idmapped bind's mapping as applied: {"uids": [[i, o, c]...], "gids": [...]}, or
+    #: {"userns": ref, "ns": [dev, ino]} (the namespace's identity when applied)
+    idmap: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -106,6 +109,8 @@ class ManagedMount:
         }
         if self.proof is not None:
             data["proof"] = self.proof
+        if self.idmap is not None:
+            data["idmap"] = self.idmap
         return data
 
     @classmethod
@@ -123,7 +128,23 @@ class ManagedMount:
             unique=bool(data.get("unique", True)), fingerprint=str(data.get("fingerprint", "")),
             created=list(created), recursive=bool(data.get("recursive", False)),
             submounts=tuple(data.get("submounts", ())), proof=parse_proof(data.get("proof")),
+            idmap=_parse_idmap(data.get("idmap")),
         )
+
+
+def _parse_idmap(value: object) -> dict[str, Any] | None:
+    """A recorded idmap, checked for shape (the diff compares it; it never reaches the kernel)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError("'idmap' is not an object")
+    for key in ("uids", "gids"):
+        lines = value.get(key, [])
+        if not isinstance(lines, list) or not all(isinstance(line, list) and all_uints(*line) for line in lines):
+            raise TypeError(f"'idmap.{key}' is not a list of integer lists")
+    if "userns" in value and not isinstance(value["userns"], str):
+        raise TypeError("'idmap.userns' is not a string")
+    return dict(value)
 
 
 @dataclass(slots=True)

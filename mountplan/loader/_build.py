@@ -10,6 +10,8 @@ from mountplan.model import (
     ATIME_ATTRS,
     Attr,
     BindSource,
+    IdMapping,
+    IdRange,
     MountpointKind,
     MountpointSpec,
     MountSpec,
@@ -91,7 +93,8 @@ def _build_mount(
         spec = mount["bind"]
         source_root = spec.get("root")
         source_path = spec["path"] if source_root is None else normalize_target(spec["path"])
-        bind = BindSource(SourceRef(source_path, source_root), spec.get("recursive", True))
+        idmap = _build_idmap(spec["idmap"]) if "idmap" in spec else None
+        bind = BindSource(SourceRef(source_path, source_root), spec.get("recursive", True), idmap)
     mountpoint = _DEFAULT_MOUNTPOINT
     if "mountpoint" in mount:
         spec = mount["mountpoint"]
@@ -114,6 +117,14 @@ def _build_mount(
         mountpoint=mountpoint,
         after=tuple(mount.get("after", ())),
     )
+
+
+def _build_idmap(spec: dict[str, Any]) -> IdMapping:
+    if "userns" in spec:
+        return IdMapping(userns=spec["userns"])
+    uids = tuple(IdRange(*line) for line in spec["uids"])
+    gids = tuple(IdRange(*line) for line in spec["gids"]) if "gids" in spec else uids
+    return IdMapping(uids, gids)
 
 
 def _build_options(doc: Document, path: Path, options: dict[str, Any]) -> tuple[Option, ...]:

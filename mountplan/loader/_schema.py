@@ -340,6 +340,9 @@ class _Translator:
         for key in sorted(
             set(error.instance) - set(allowed), key=lambda k: self.doc.key_position((*path, k)).line
         ):
+            if key == "idmap" and len(path) == 2 and path[0] == "mounts":
+                self.at(self.doc.key_position((*path, key)), _misplaced_idmap(where, error.instance))
+                continue
             hint = did_you_mean(key, allowed)
             if not hint and allowed:
                 hint = "; expected one of " + ", ".join(repr(name) for name in allowed)
@@ -422,6 +425,8 @@ class _Translator:
         elif field == "name":
             what = {"objects": "object", "devices": "device directory"}.get(str(path[0]), "mount")
             message = f"invalid {what} name {value!r}: {_IDENT_RULE}"
+        elif field == "userns":
+            message = f"invalid user namespace {value!r} in {self.describe(path[:-1])}: give an absolute path or 'fd:N'"
         else:
             message = f"invalid root name {value!r} in {self.describe(path)}: {_IDENT_RULE}"
         self.at(pos, message)
@@ -486,6 +491,12 @@ class _Translator:
                     self.doc.key_position((*path, key)),
                     f"{key!r} applies to filesystem mounts only; {self.describe(path)} is a bind mount",
                 )
+
+
+def _misplaced_idmap(where: str, mount: dict[str, Any]) -> str:
+    if "bind" in mount:
+        return f"'idmap' of {where} belongs under 'bind' (bind: {{path: ..., idmap: ...}})"
+    return f"'idmap' applies to bind mounts only; {where} is a new filesystem (an idmapped mount is a bind of one)"
 
 
 _IDENT_RULE = "use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 64)"

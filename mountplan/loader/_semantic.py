@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from mountplan.loader._control import CONTROL_CHARACTER
+from mountplan.loader._idmap import check_idmap
 from mountplan.loader._schema import FS_TYPE_RE, target_pattern
 from mountplan.loader._yaml import Document, Path, Position
 from mountplan.loader.diagnostics import Diagnostic, Severity, did_you_mean
@@ -130,6 +131,9 @@ class _Checker:
                 )
             self.check_target(base, label, root, mount.get("target"), targets)
             self.check_bind(base, mount.get("bind"))
+            bind = mount.get("bind")
+            if isinstance(bind, dict) and isinstance(bind.get("idmap"), dict):
+                check_idmap(self.doc, (*base, "bind", "idmap"), label, bind["idmap"], self.report)
             self.check_filesystem(base, label, root, mount)
             self.check_atime((*base, "attrs"), mount.get("attrs"), f"'attrs' of {label}")
         self.check_after(names)

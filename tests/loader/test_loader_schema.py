@@ -107,6 +107,15 @@ SCHEMA_INVALID = [
     "bind-root-climbs",
     "bind-root-itself",
     "mountpoint-file-for-filesystem",
+    "idmap-on-filesystem",
+    "idmap-beside-bind",
+    "idmap-count-zero",
+    "idmap-short-line",
+    "idmap-userns-and-uids",
+    "idmap-gids-without-uids",
+    "idmap-empty",
+    "idmap-userns-relative",
+    "idmap-too-many-lines",
 ]
 
 
