@@ -40,10 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog.stdlib
-
 from mountplan._kernel.fanotify import MountEvent, open_mount_namespace_watch, read_mount_events
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.changes import ChangeSet
 from mountplan.engine import Engine
 from mountplan.errors import KernelError, MountplanError
@@ -69,7 +67,7 @@ _TRIGGER_LIMIT = 16
 _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
 
-_events: structlog.stdlib.BoundLogger = structured_logger(logging.getLogger("mountplan"))
+_events: EventLogger = structured_logger(logging.getLogger("mountplan"))
 
 
 class Mechanism(enum.Enum):

@@ -261,19 +261,34 @@ def _run_report(events: list[dict[str, Any]], unshare: bool) -> dict[str, Any]:
     }
 
 
+def _namespaces(args: argparse.Namespace, runner: Any) -> Any:
+    """What --unshare and --share ask for: False, or the namespaces to make new besides mount and pid."""
+    if not args.share:
+        return bool(args.unshare)
+    if not args.unshare:
+        raise UsageError("run: --share keeps some of the caller's namespaces under --unshare; add --unshare")
+    names = [name.strip() for value in args.share for name in value.split(",")]
+    sharable = {n.value: n for n in runner.ALL_NAMESPACES}
+    unknown = sorted({name for name in names if name not in sharable})
+    if unknown:
+        raise UsageError(f"run: --share {', '.join(unknown)}: not a namespace to share (one of {', '.join(sorted(sharable))})")
+    return runner.ALL_NAMESPACES - {sharable[name] for name in names}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from mountplan import runner
 
     command = list(args.argv)
     if not command:
         raise UsageError("mountplan run: give the command after --, e.g. mountplan run PLAN -- make test")
+    unshare = _namespaces(args, runner)
     plan = _load(args.plan)
     # Once the command has started, the exit status is the command's own.
     status = runner.run(
         plan,
         _roots(args),
         command,
-        unshare=args.unshare,
+        unshare=unshare,
         chroot=args.chroot,
         cwd=args.cwd,
         state_dir=args.state_dir,
@@ -345,8 +360,31 @@ def _describe(name: str, parser: argparse.ArgumentParser, help: str | None) -> N
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (also what shell completion and the man page are generated from)."""
+class _OnlyOne:
+    """The subparsers action, building only the command named ``only`` (every other one on a scratch parser).
+
+    ``main`` knows the command before parsing: the full parser, thirteen
+    commands with their options, costs more than the kernel work of a `run`.
+    """
+
+    def __init__(self, action: Any, only: str | None) -> None:
+        self._action = action
+        self._only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._only is None or name == self._only:
+            return self._action.add_parser(name, **kwargs)
+        return ArgumentParser(add_help=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._action, name)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line (also what shell completion and the man page are generated from).
+
+    ``only``: build just that command (it must be one), for parsing a command line that names it.
+    """
     parser = ArgumentParser(
         prog="mountplan",
         description="Declarative mount plans for Linux, applied transactionally with the new mount API.",
@@ -367,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lock-timeout", type=parse_lock_timeout, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout (errors too)")
 
-    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    sub: Any = _OnlyOne(parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND"), only)
     plan_help = "plan file (- reads standard input)"
 
     p = _command(sub, "validate", [common], "check plan files, report every problem")
@@ -406,7 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "run", [common, run], "apply, run a command, always destroy; exit with the command's status")
     p.add_argument("plan", metavar="PLAN", help=plan_help)
-    p.add_argument("--unshare", action="store_true", help="all in a fresh private mount + pid namespace")
+    p.add_argument(
+        "--unshare", action="store_true",
+        help="all in fresh namespaces: mount, pid, net, ipc, uts, cgroup (and user when not root)",
+    )
+    p.add_argument(
+        "--share", action="append", default=[], metavar="NS[,NS]",
+        help="with --unshare: keep the caller's net, ipc, uts or cgroup namespace (repeatable)",
+    )
+    p.add_argument("--share-net", action="append_const", const="net", dest="share", help="with --unshare: same as --share net")
     p.add_argument("--chroot", metavar="ROOT|/PATH", help="chroot the command into a plan root (by name) or a path")
     p.add_argument("--cwd", metavar="DIR", help="working directory of the command (inside the chroot)")
     p.epilog = "The command follows `--`.\n" + "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES["run"])
@@ -435,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     for action in sub._choices_actions:  # the help line of each command, as registered
         _describe(action.dest, sub.choices[action.dest], action.help)
     return parser
+
+
+#: Every command ``build_parser`` makes (tests/cli checks the list is complete).
+_COMMANDS = frozenset(
+    {"validate", "plan", "apply", "diff", "status", "destroy", "run", "recover", "graph", "steps", "schema",
+     "watch", "serve", "completion", "manpage"}
+)
 
 
 class InternalError(Exception):
@@ -472,12 +525,12 @@ def _fail(exc: BaseException, code: int, *, json_mode: bool, text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run` takes its command after `--`; split it off before argparse sees it,
     # so options after PLAN still belong to mountplan.
     command: list[str] = []
     at = _subcommand_index(argv)
+    parser = build_parser(only=argv[at] if at is not None and argv[at] in _COMMANDS else None)
     if at is not None and argv[at] == "run" and "--" in argv[at:]:
         cut = argv.index("--", at)
         argv, command = argv[:cut], argv[cut + 1 :]

@@ -17,11 +17,9 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import structlog.stdlib
-
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.changes import ChangeSet, diff
 from mountplan.compiler import CompiledPlan
 from mountplan.errors import (
@@ -53,7 +51,7 @@ __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_
 # embedding program sees only warnings (stdlib's last-resort handler) until it
 # sets up logging itself. The library never configures structlog.
 _stdlib_log = logging.getLogger("mountplan")
-_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
+_events: EventLogger = structured_logger(_stdlib_log)
 
 
 def warn_machine_wide(plan: Plan) -> None:
