@@ -11,9 +11,13 @@ not have). /tmp and /run are ext4 on this VM, so nothing is measured there.
 1. ``mountplan run --unshare -- /bin/true`` for plans/build-action.yaml as a process,
    next to bwrap making the same mounts beneath the root (``--bind / /``, so /bin/true
    is the host's, as with mountplan without --chroot) and to a shell script of
-   unshare + mount(8). ``before`` is today's tree with this work's files (OWN_FILES)
-   taken back to ``--before``, run the same way; ``no cache`` is today's tree with
-   the validated-plan cache off.
+   unshare + mount(8), each once with every namespace new (mountplan's --unshare) and
+   once with only mount and pid (``--share net,ipc,uts,cgroup``). mountplan runs as
+   ``pip install`` gives it (the console script of a wheel installed into a venv on
+   the tmpfs) and as ``python -m mountplan`` from the editable development venv.
+   ``before`` is today's tree with this work's files (OWN_FILES) taken back to
+   ``--before``, run the same way; ``no cache`` is today's tree with the
+   validated-plan cache off.
 4. In-process apply+destroy of the same plan through the API with 0 and with 10,000
    unrelated tmpfs mounts in the namespace (beside the roots, on another tmpfs),
    alternating rounds; with the engine as it is, and with the engine's
@@ -42,15 +46,20 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = REPO / "plans" / "build-action.yaml"
 MARKER = "MOUNTPLAN_BENCH_RUN_IN_NAMESPACE"
 BASE = "/tmp/bench_run"  # a private tmpfs is mounted here inside the namespace
-DEFAULT_BEFORE = "8f628e0"  # main before the issue 13 speed work
-#: The files the issue 13 speed work changed (item 1's "before" takes them back).
+DEFAULT_BEFORE = "477b63f"  # main before the second round of issue 13 start-up work
+#: The files that round changed (item 1's "before" takes them back).
 OWN_FILES = (
-    "mountplan/livetable.py",
-    "mountplan/_kernel/statmount.py",
-    "mountplan/compiler.py",
-    "mountplan/api.py",
-    "mountplan/loader/__init__.py",
+    "mountplan/_log.py",
     "mountplan/cli/logs.py",
+    "mountplan/cli/__init__.py",
+    "mountplan/cli/_schema_cmd.py",
+    "mountplan/runner.py",
+    "mountplan/_kernel/_libc.py",
+    "mountplan/_kernel/namespaces.py",
+    "mountplan/engine/executor.py",
+    "mountplan/engine/apply_run.py",
+    "mountplan/serve.py",
+    "mountplan/watch.py",
 )
 
 #: Engine modules that call read_live_table() (the calls docs/performance.md recommends limiting).
@@ -124,6 +133,28 @@ def _env(**extra: str) -> dict[str, str]:
 # ------------------------------------------------------------------ item 1
 
 
+@functools.cache
+def _wheel_venv() -> str | None:
+    """A venv on the tmpfs with mountplan installed from a wheel of this tree, as ``pip install`` gives users.
+
+    The development venv is an editable install: its ``.pth`` finder is imported by
+    ``site`` in every process. None (and a note) when the wheel or venv cannot be made.
+    """
+    venv = f"{BASE}/wheel-venv"
+    dist = f"{BASE}/dist"
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, str(REPO)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        wheels = [str(p) for p in Path(dist).glob("mountplan-*.whl")]
+        subprocess.run([f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *wheels],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        print(f"  (no wheel-installed mountplan: {exc})", flush=True)
+        return None
+    return venv
+
+
 def _bench_run(n: int, before: str) -> list[str]:
     root = _input_root(f"{BASE}/input")
     state = f"{BASE}/state"
@@ -134,20 +165,31 @@ def _bench_run(n: int, before: str) -> list[str]:
     _sh(f"git -C {REPO} archive HEAD mountplan plans | tar -x -C {old_tree}")
     for rel in OWN_FILES:
         _sh(f"git -C {REPO} show {before}:{rel} > {old_tree}/{rel}")
-    os.unlink(f"{old_tree}/mountplan/loader/_cache.py")
-    cli = Path(old_tree, "mountplan", "cli", "__init__.py")
-    cli.write_text(cli.read_text().replace("strict_kernel=strict_kernel, cache=True)", "strict_kernel=strict_kernel)"))
-    mp_args = ["run", str(PLAN), "--root", f"input={root}", "--state-dir", state, "--unshare", "-q", "--", "/bin/true"]
+    common = ["run", str(PLAN), "--root", f"input={root}", "--state-dir", state, "-q"]
+    # --unshare makes net, ipc, uts and cgroup namespaces too; "pid+mnt" shares them
+    # (what --unshare meant before), next to bwrap and the script that unshare the same.
+    all_ns = [*common, "--unshare", "--", "/bin/true"]
+    mnt_pid = [*common, "--unshare", "--share", "net,ipc,uts,cgroup", "--", "/bin/true"]
     py = sys.executable
     env_now = _env(MOUNTPLAN_PLAN_CACHE=f"{BASE}/plan-cache")
+    wheel = _wheel_venv()
     bwrap = shutil.which("bwrap")
-    cases: dict[str, tuple[list[str], dict[str, str]]] = {
-        "mountplan run (now)": ([py, "-m", "mountplan", *mp_args], env_now),
-        "mountplan run (now, no plan cache)": ([py, "-m", "mountplan", *mp_args], _env(MOUNTPLAN_PLAN_CACHE="off")),
-        f"mountplan run (before: {before})": ([py, "-m", "mountplan", *mp_args], _env(PYTHONPATH=old_tree)),
-        "python -S -c pass (interpreter floor)": ([py, "-S", "-c", "pass"], env_now),
-        "python -c pass (with site)": ([py, "-c", "pass"], env_now),
-    }
+    # label -> (argv, env, the baseline its ratio is taken against)
+    cases: dict[str, tuple[list[str], dict[str, str], str]] = {}
+    if wheel:
+        cases["mountplan run --unshare (wheel, all ns)"] = ([f"{wheel}/bin/mountplan", *all_ns], env_now, "all")
+        cases["mountplan run --unshare (wheel, pid+mnt)"] = ([f"{wheel}/bin/mountplan", *mnt_pid], env_now, "pid")
+    cases.update({
+        "mountplan run --unshare (editable, all ns)": ([py, "-m", "mountplan", *all_ns], env_now, "all"),
+        "mountplan run --unshare (editable, pid+mnt)": ([py, "-m", "mountplan", *mnt_pid], env_now, "pid"),
+        "  same, no plan cache": ([py, "-m", "mountplan", *mnt_pid], _env(MOUNTPLAN_PLAN_CACHE="off"), "pid"),
+        f"  same, before ({before}, pid+mnt)": (
+            [py, "-m", "mountplan", *common, "--unshare", "--", "/bin/true"], _env(PYTHONPATH=old_tree), "pid"),
+        "python -S -c pass (interpreter floor)": ([py, "-S", "-c", "pass"], env_now, "pid"),
+        "python -c pass (editable venv, site)": ([py, "-c", "pass"], env_now, "pid"),
+    })
+    if wheel:
+        cases["python -c pass (wheel venv, site)"] = ([f"{wheel}/bin/python", "-c", "pass"], env_now, "pid")
     script = (
         f"set -e; R={root}; mount -t proc -o nosuid,nodev,noexec proc $R/proc 2>/dev/null || "
         "{ mkdir -p $R/proc; mount -t proc -o nosuid,nodev,noexec proc $R/proc; }; "
@@ -159,25 +201,36 @@ def _bench_run(n: int, before: str) -> list[str]:
         "mount -t tmpfs -o size=256M,mode=1777,nosuid,nodev tmp $R/tmp; "
         "mount --bind $R/toolchain $R/opt/tools; mount -o remount,bind,ro,nosuid,nodev $R/opt/tools; /bin/true"
     )
-    cases["shell: unshare + mount(8)"] = (
-        ["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script],
-        env_now,
-    )
+    cases["shell: unshare -mp + mount(8)"] = (
+        ["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script], env_now, "pid")
+    cases["shell: unshare -mpniuC + mount(8)"] = (
+        ["unshare", "-m", "-p", "-n", "-i", "-u", "-C", "-f", "--propagation", "private", "sh", "-c", script],
+        env_now, "all")
     if bwrap:
-        cases["bwrap, same mounts"] = (
-            [bwrap, "--bind", "/", "/", "--unshare-pid", "--proc", f"{root}/proc", "--ro-bind", "/sys", f"{root}/sys",
-             "--dev", f"{root}/dev", "--tmpfs", f"{root}/tmp", "--ro-bind", f"{root}/toolchain", f"{root}/opt/tools",
-             "/bin/true"],
-            env_now,
-        )
-    res = _alternate(cases, n)
-    floor = _med(res["bwrap, same mounts"][0]) if bwrap else None
-    shell = _med(res["shell: unshare + mount(8)"][0])
-    lines = [f"1. whole process, plans/build-action.yaml (11 mounts), {n} alternating rounds; ratio = wall / bwrap"]
-    lines += [_row(k, *v, floor) for k, v in res.items()]
-    now = _med(res["mountplan run (now)"][0])
-    lines.append(f"  => mountplan run / shell script: {now / shell:.2f}x; before / now: "
-                 f"{_med(res[f'mountplan run (before: {before})'][0]) / now:.1f}x")
+        mounts = ["--bind", "/", "/", "--proc", f"{root}/proc", "--ro-bind", "/sys", f"{root}/sys",
+                  "--dev", f"{root}/dev", "--tmpfs", f"{root}/tmp", "--ro-bind", f"{root}/toolchain",
+                  f"{root}/opt/tools"]
+        cases["bwrap --unshare-pid, same mounts"] = ([bwrap, "--unshare-pid", *mounts, "/bin/true"], env_now, "pid")
+        # --unshare-all without the user namespace (root needs none, and mountplan makes none as root).
+        cases["bwrap --unshare-pid/net/ipc/uts/cgroup"] = (
+            [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+             *mounts, "/bin/true"], env_now, "all")
+    res = _alternate({k: (a, e) for k, (a, e, _) in cases.items()}, n)
+    floors = {"pid": "bwrap --unshare-pid, same mounts", "all": "bwrap --unshare-pid/net/ipc/uts/cgroup"}
+    title = f"1. whole process, plans/build-action.yaml (11 mounts), {n} alternating rounds"
+    lines = [f"{title}; ratio = wall / bwrap unsharing the same namespaces"]
+    for label, (walls, cpus) in res.items():
+        floor = _med(res[floors[cases[label][2]]][0]) if bwrap else None
+        lines.append(_row(label, walls, cpus, floor))
+    shell = _med(res["shell: unshare -mp + mount(8)"][0])
+    shell_all = _med(res["shell: unshare -mpniuC + mount(8)"][0])
+    for kind in ("wheel", "editable"):
+        if f"mountplan run --unshare ({kind}, pid+mnt)" in res:
+            now = _med(res[f"mountplan run --unshare ({kind}, pid+mnt)"][0])
+            now_all = _med(res[f"mountplan run --unshare ({kind}, all ns)"][0])
+            lines.append(f"  => {kind}: / shell script {now / shell:.2f}x (pid+mnt), {now_all / shell_all:.2f}x (all ns)")
+    before_ms = _med(res[f"  same, before ({before}, pid+mnt)"][0])
+    lines.append(f"  => before / now (editable, pid+mnt): {before_ms / _med(res['mountplan run --unshare (editable, pid+mnt)'][0]):.1f}x")
     return lines
 
 
@@ -313,6 +366,7 @@ def _bench_plan(sizes: list[int], n: int) -> list[str]:
     common = [str(PLAN), "--root", f"input={root}", "--state-dir", state, "-q"]
     subprocess.run([py, "-m", "mountplan", "apply", *common], check=True, env=env, stdout=subprocess.DEVNULL, cwd=BASE)
     busy_dir = f"{BASE}/plan-busy"
+    wheel = _wheel_venv()
     lines = [f"5. `mountplan plan` process (build-action applied, no changes) vs `findmnt --json`, {n} alternating rounds"]
     made = 0
     os.makedirs(busy_dir)
@@ -323,6 +377,7 @@ def _bench_plan(sizes: list[int], n: int) -> list[str]:
         with open("/proc/self/mountinfo", "rb") as f:
             total = len(f.read().splitlines())
         cases = {
+            **({"mountplan plan (wheel)": ([f"{wheel}/bin/mountplan", "plan", *common], env)} if wheel else {}),
             "mountplan plan": ([py, "-m", "mountplan", "plan", *common], env),
             "mountplan plan (engine reading beneath roots)": ([py, "-c", PATCH, root, "plan", *common], env),
             "findmnt --json": (["findmnt", "--json"], env),

@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
@@ -41,9 +41,12 @@ from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
-from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, default_state_dir, instance_key
 from .unmount import is_ours_at
+
+if TYPE_CHECKING:
+    # Saved plans are imported where they are used: `run` and `apply PLAN` never need them.
+    from .saved import SavedPlan
 
 __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_for", "fingerprint", "root_paths"]
 
@@ -306,6 +309,8 @@ class Engine:
             state = committed or State(plan=plan.name, roots=self._root_json(rootset))
             live = read_live_table(beneath=self.root_dirs(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live)
+            from .saved import SavedPlan, state_digest
+
             saved = SavedPlan(
                 plan_name=plan.name,
                 plan_file=plan.source_file,
@@ -353,4 +358,6 @@ class Engine:
 
     @staticmethod
     def _snapshot(rootset: RootSet, state: State, live: LiveTable) -> list[dict[str, Any]]:
+        from .saved import live_snapshot
+
         return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])
