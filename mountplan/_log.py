@@ -84,9 +84,12 @@ def load_structlog() -> Any:
         _importers[0]()
     import structlog.stdlib
 
-    while _on_load:
-        _on_load.pop(0)()
-    return structlog
+    while True:
+        try:  # list.pop is atomic: two threads logging their first event each run a hook once
+            hook = _on_load.pop(0)
+        except IndexError:
+            return structlog
+        hook()
 
 
 def processors() -> list[Any]:
