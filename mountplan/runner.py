@@ -33,8 +33,6 @@ the command gets each signal once (:mod:`mountplan._command`).
 from __future__ import annotations
 
 import contextlib
-import enum
-import errno
 import logging
 import os
 import pickle
@@ -57,62 +55,25 @@ from mountplan._command import (
     write_all,
 )
 from mountplan._kernel.fd import Fd
-from mountplan._kernel.features import REQUIRED, Availability, detect
-from mountplan._kernel.namespaces import CloneFlag, die_with_parent, enter_private_namespaces, is_pipe_open
+from mountplan._kernel.features import detect
+from mountplan._kernel.namespaces import die_with_parent, is_pipe_open
 from mountplan._log import EventLogger, structured_logger
+from mountplan._unshare import (
+    ALL_NAMESPACES,
+    Namespace,
+    carried_fd,
+    enter_namespaces,
+    namespaces_for,
+    require_kernel_for_unshare,
+)
 from mountplan.engine import Engine
 from mountplan.engine.executor import root_paths
-from mountplan.errors import ExecutionError, KernelError, RootError
+from mountplan.errors import ExecutionError, RootError
 from mountplan.model import Plan
 
 __all__ = ["ALL_NAMESPACES", "EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "FORWARDED_SIGNALS", "Namespace", "run"]
 
 _events: EventLogger = structured_logger(logging.getLogger("mountplan"))
-
-
-class Namespace(enum.Enum):
-    """A namespace ``run(unshare=...)`` can make new for the command, besides mount and pid (always new)."""
-
-    NET = "net"
-    IPC = "ipc"
-    UTS = "uts"
-    CGROUP = "cgroup"
-    #: Implied without root (the only way to get the other namespaces); as root, maps root to itself.
-    USER = "user"
-
-
-#: What ``unshare=True`` makes new: everything a build action's sandbox should not share.
-ALL_NAMESPACES: frozenset[Namespace] = frozenset({Namespace.NET, Namespace.IPC, Namespace.UTS, Namespace.CGROUP})
-
-_CLONE_FLAGS = {
-    Namespace.NET: CloneFlag.NEWNET,
-    Namespace.IPC: CloneFlag.NEWIPC,
-    Namespace.UTS: CloneFlag.NEWUTS,
-    Namespace.CGROUP: CloneFlag.NEWCGROUP,
-    Namespace.USER: CloneFlag.NEWUSER,
-}
-
-
-def namespaces_for(unshare: bool | Collection[Namespace | str]) -> frozenset[Namespace] | None:
-    """The namespaces ``unshare`` asks for besides mount and pid; None for "run in this namespace".
-
-    Names (``"net"``) are accepted as well as :class:`Namespace` values; an
-    unknown name is an :class:`~mountplan.errors.ExecutionError` naming the ones there are.
-    """
-    if unshare is True:
-        return ALL_NAMESPACES
-    if unshare is False:
-        return None
-    if isinstance(unshare, str):
-        unshare = unshare.split(",") if unshare else []
-    chosen: set[Namespace] = set()
-    for item in unshare:
-        try:
-            chosen.add(item if isinstance(item, Namespace) else Namespace(item))
-        except ValueError:
-            known = ", ".join(n.value for n in Namespace)
-            raise ExecutionError(f"run: unknown namespace {item!r} to unshare (known: {known})") from None
-    return frozenset(chosen)
 
 
 def run(
@@ -164,8 +125,8 @@ def run(
     command = Command(tuple(argv), chroot, cwd, dict(env) if env is not None else None)
     namespaces = namespaces_for(unshare)
     if namespaces is not None:
-        _carried_fd(roots)  # refuses what cannot work before anything forks
-        _require_kernel_for_unshare()
+        carried_fd(roots)  # refuses what cannot work before anything forks
+        require_kernel_for_unshare()
     engine = Engine(state_dir=state_dir, lock_timeout=lock_timeout)
     relay = Relay()
     with relay.installed():
@@ -325,8 +286,8 @@ def _unshared_helper(
         die_with_parent(lambda: os.getppid() == parent)
         relay.pid = None
         relay.received.clear()  # what reached the caller reaches us by its kill(2)
-        carry = _carried_fd(roots)
-        carried = _enter_namespaces(carry[1] if carry else None, namespaces)
+        carry = carried_fd(roots)
+        carried = enter_namespaces(carry[1] if carry else None, namespaces)
         # A new user namespace changed our credentials: re-arm, and probe again
         # (the caller's probe saw no CAP_SYS_ADMIN; here we have it).
         die_with_parent(lambda: os.getppid() == parent)
@@ -374,56 +335,3 @@ def _send(fd: int, payload: tuple[str, Any, str]) -> None:
     except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its text
         data = pickle.dumps(("error", None, f"{payload[1]!r}\n{payload[2]}"))
     write_all(fd, data)
-
-
-def _enter_namespaces(carry_fd: int | None, namespaces: frozenset[Namespace]) -> Fd | None:
-    """Fresh mount + pid namespaces and ``namespaces``; as root without the capability, via a user namespace.
-
-    Returns ``carry_fd``'s directory as seen in the new mount namespace.
-    """
-    also = CloneFlag(0)
-    for namespace in namespaces:
-        also |= _CLONE_FLAGS[namespace]
-    if os.geteuid() == 0:
-        try:
-            return enter_private_namespaces(as_root=True, carry_fd=carry_fd, also=also)
-        except KernelError as exc:
-            if exc.errno != errno.EPERM:
-                raise
-    return enter_private_namespaces(as_root=False, carry_fd=carry_fd, also=also)
-
-
-def _carried_fd(roots: Mapping[str, str | int] | None) -> tuple[tuple[str, ...], int] | None:
-    """The roots given as an fd (their names and the fd) that must be carried into the new namespace.
-
-    An fd names a mount of the caller's namespace, useless as a mount target in
-    another one. unshare(2) carries the working directory onto the new copy of
-    its mount, and that is one directory only: a second fd root is refused
-    rather than found again by its path.
-    """
-    fds: dict[int, list[str]] = {}
-    for name, where in (roots or {}).items():
-        if isinstance(where, int):
-            fds.setdefault(where, []).append(name)
-    if not fds:
-        return None
-    if len(fds) > 1:
-        names = ", ".join(sorted(n for group in fds.values() for n in group))
-        raise RootError(
-            f"roots {names}: --unshare can carry one directory fd into the new mount namespace, "
-            f"not {len(fds)}; give the others as paths"
-        )
-    ((fd, names_of_fd),) = fds.items()
-    return tuple(names_of_fd), fd
-
-
-def _require_kernel_for_unshare() -> None:
-    """Refuse before unsharing when the kernel (or a seccomp filter) lacks a syscall apply needs.
-
-    The caller's probe may see no CAP_SYS_ADMIN (fsopen's EPERM); the new user
-    namespace grants it, so only that cause is not a reason to refuse.
-    """
-    features = detect()
-    names = [n for n in REQUIRED if features.availability(n) is not Availability.NO_CAPABILITY]
-    if names:
-        features.require(*names)
