@@ -20,12 +20,9 @@ not have). /tmp and /run are ext4 on this VM, so nothing is measured there.
    validated-plan cache off.
 4. In-process apply+destroy of the same plan through the API with 0 and with 10,000
    unrelated tmpfs mounts in the namespace (beside the roots, on another tmpfs),
-   alternating rounds; with the engine as it is, and with the engine's
-   read_live_table calls limited to the roots (a demonstration of the engine change
-   recommended in docs/performance.md: the bench swaps the function the engine
-   modules imported, nothing else).
-5. ``mountplan plan`` as a process against 1k/5k/10k-mount tables, next to
-   ``findmnt --json`` on the same table, plus the same demonstration.
+   alternating rounds (the engine reads only the mounts beneath the roots).
+5. ``mountplan plan`` as a process (wheel install and editable) against
+   1k/5k/10k-mount tables, next to ``findmnt --json`` on the same table.
 """
 
 from __future__ import annotations
@@ -58,25 +55,12 @@ OWN_FILES = (
     "mountplan/_kernel/namespaces.py",
     "mountplan/engine/executor.py",
     "mountplan/engine/apply_run.py",
+    "mountplan/engine/statefs.py",
+    "mountplan/loader/diagnostics.py",
     "mountplan/serve.py",
     "mountplan/watch.py",
 )
 
-#: Engine modules that call read_live_table() (the calls docs/performance.md recommends limiting).
-ENGINE_READERS = ("apply_run", "attach", "executor", "removal", "unmount", "update")
-# Patch the engine's read_live_table to read only beneath the roots (item 4/5 demonstration).
-PATCH = """
-import functools, importlib, sys
-import mountplan.livetable as lt
-import mountplan.engine
-roots = sys.argv.pop(1).split(":")
-fast = functools.partial(lt.read_live_table, beneath=roots)
-for name in ENGINE_READERS:
-    module = importlib.import_module("mountplan.engine." + name)
-    module.read_live_table = lambda source=lt.TableSource.AUTO: fast(source)
-from mountplan.cli import main
-sys.exit(main())
-""".replace("ENGINE_READERS", repr(ENGINE_READERS))
 
 
 def _sh(cmd: str) -> None:
@@ -270,29 +254,6 @@ def _drop_mounts(parent: str) -> None:
     _sh(f"umount -l {parent}")
 
 
-def _engine_patched(roots: list[str]) -> Callable[[], None]:
-    """Point the engine's read_live_table at the roots; return the undo."""
-    import importlib
-
-    import mountplan.livetable as lt
-
-    modules = [importlib.import_module(f"mountplan.engine.{name}") for name in ENGINE_READERS]
-    saved = [getattr(m, "read_live_table") for m in modules]  # noqa: B009 - not re-exported for mypy
-    fast = functools.partial(lt.read_live_table, beneath=roots)
-
-    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO) -> lt.LiveTable:
-        return fast(source)
-
-    for m in modules:
-        setattr(m, "read_live_table", beneath_roots)  # noqa: B010
-
-    def undo() -> None:
-        for m, f in zip(modules, saved, strict=True):
-            setattr(m, "read_live_table", f)  # noqa: B010
-
-    return undo
-
-
 def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
     import mountplan
     from mountplan.engine import Engine
@@ -322,14 +283,6 @@ def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
                 _make_mounts(busy_dir, count)
             per_action()  # warm
             samples.setdefault(f"engine as is, {label_mounts}", []).extend(per_action() for _ in range(iterations))
-            undo = _engine_patched([root])
-            try:
-                per_action()
-                samples.setdefault(f"engine reading beneath roots, {label_mounts}", []).extend(
-                    per_action() for _ in range(iterations)
-                )
-            finally:
-                undo()
             if count:
                 samples.setdefault("read_live_table() full", []).append(min(_time(read_live_table) for _ in range(3)))
                 samples.setdefault("read_live_table(beneath=[root])", []).append(
@@ -345,7 +298,7 @@ def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
     lines = [f"{title} x {iterations}"]
     for label, values in samples.items():
         lines.append(f"  {label:<52} median {_med(values):8.2f} ms  min {min(values) * 1000:8.2f} ms")
-    for kind in ("engine as is", "engine reading beneath roots"):
+    for kind in ("engine as is",):
         ratio = _med(samples[f"{kind}, {busy} other mounts"]) / _med(samples[f"{kind}, 0 other mounts"])
         lines.append(f"  => {kind}: {busy} other mounts / none = {ratio:.2f}x")
     return lines
@@ -379,7 +332,6 @@ def _bench_plan(sizes: list[int], n: int) -> list[str]:
         cases = {
             **({"mountplan plan (wheel)": ([f"{wheel}/bin/mountplan", "plan", *common], env)} if wheel else {}),
             "mountplan plan": ([py, "-m", "mountplan", "plan", *common], env),
-            "mountplan plan (engine reading beneath roots)": ([py, "-c", PATCH, root, "plan", *common], env),
             "findmnt --json": (["findmnt", "--json"], env),
         }
         res = _alternate(cases, n)
