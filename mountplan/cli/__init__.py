@@ -530,7 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # so options after PLAN still belong to mountplan.
     command: list[str] = []
     at = _subcommand_index(argv)
-    parser = build_parser(only=argv[at] if at is not None and argv[at] in _COMMANDS else None)
+    # The top-level --help (before the command) lists every command: build them all then.
+    only = argv[at] if at is not None and not {"-h", "--help"} & set(argv[:at]) else None
+    parser = build_parser(only=only if only in _COMMANDS else None)
     if at is not None and argv[at] == "run" and "--" in argv[at:]:
         cut = argv.index("--", at)
         argv, command = argv[:cut], argv[cut + 1 :]
