@@ -135,3 +135,16 @@ def test_cli_bad_share_is_a_usage_error(
     assert message in result.stderr and "Traceback" not in result.stderr
     assert mount_table_snapshot() == before
     assert os.listdir(root_dir) == []
+
+
+def test_a_user_namespace_on_request_maps_the_caller_to_root(
+    small_plan: mountplan.Plan, root_dir: str, state_dir: str, tmp_path: Path
+) -> None:
+    """unshare={"user"}: a new user namespace (even as root) in which the command is uid 0."""
+    out = tmp_path / "user"
+    script = f"import os; open({str(out)!r}, 'w').write(f'{{os.stat(\"/proc/self/ns/user\").st_ino}} {{os.getuid()}}')"
+    code = runner.run(small_plan, {"input": root_dir}, [sys.executable, "-c", script], unshare={"user"}, state_dir=state_dir)
+    assert code == 0
+    inode, uid = out.read_text().split()
+    assert int(inode) != os.stat("/proc/self/ns/user").st_ino
+    assert uid == "0"
