@@ -21,10 +21,8 @@ Exit codes (stable, documented in docs/cli.md):
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -32,10 +30,11 @@ from mountplan import __version__
 from mountplan.errors import MountplanError, PlanError, RootError
 
 from . import logs
-from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
+from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root, unshare_namespaces
 from ._completion_cmd import add_completion_parsers
 from ._help import DESCRIPTIONS, EXAMPLES
 from ._output import FORMAT_VERSION, ArgumentParser, ParserUsageError, err, error_document, out, out_json
+from ._program import OnlyOne, exit_fast
 from ._schema_cmd import add_schema_parser
 from ._serve_cmd import add_serve_parser
 from ._watch_cmd import add_watch_parser
@@ -263,27 +262,13 @@ def _run_report(events: list[dict[str, Any]], unshare: bool) -> dict[str, Any]:
     }
 
 
-def _namespaces(args: argparse.Namespace, runner: Any) -> Any:
-    """What --unshare and --share ask for: False, or the namespaces to make new besides mount and pid."""
-    if not args.share:
-        return bool(args.unshare)
-    if not args.unshare:
-        raise UsageError("run: --share keeps some of the caller's namespaces under --unshare; add --unshare")
-    names = [name.strip() for value in args.share for name in value.split(",")]
-    sharable = {n.value: n for n in runner.ALL_NAMESPACES}
-    unknown = sorted({name for name in names if name not in sharable})
-    if unknown:
-        raise UsageError(f"run: --share {', '.join(unknown)}: not a namespace to share (one of {', '.join(sorted(sharable))})")
-    return runner.ALL_NAMESPACES - {sharable[name] for name in names}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from mountplan import runner
 
     command = list(args.argv)
     if not command:
         raise UsageError("mountplan run: give the command after --, e.g. mountplan run PLAN -- make test")
-    unshare = _namespaces(args, runner)
+    unshare = unshare_namespaces(args.unshare, args.share, runner.ALL_NAMESPACES)
     plan = _load(args.plan)
     # Once the command has started, the exit status is the command's own.
     status = runner.run(
@@ -362,26 +347,6 @@ def _describe(name: str, parser: argparse.ArgumentParser, help: str | None) -> N
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-class _OnlyOne:
-    """The subparsers action, building only the command named ``only`` (every other one on a scratch parser).
-
-    ``main`` knows the command before parsing: the full parser, thirteen
-    commands with their options, costs more than the kernel work of a `run`.
-    """
-
-    def __init__(self, action: Any, only: str | None) -> None:
-        self._action = action
-        self._only = only
-
-    def add_parser(self, name: str, **kwargs: Any) -> Any:
-        if self._only is None or name == self._only:
-            return self._action.add_parser(name, **kwargs)
-        return ArgumentParser(add_help=False)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._action, name)
-
-
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line (also what shell completion and the man page are generated from).
 
@@ -407,7 +372,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--lock-timeout", type=parse_lock_timeout, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout (errors too)")
 
-    sub: Any = _OnlyOne(parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND"), only)
+    sub: Any = OnlyOne(parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND"), only)
     plan_help = "plan file (- reads standard input)"
 
     p = _command(sub, "validate", [common], "check plan files, report every problem")
@@ -573,23 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> NoReturn:
-    """The ``mountplan`` program (console script, ``python -m mountplan``): :func:`main`, then exit.
-
-    Once main() has returned, tearing the interpreter down (every module, every
-    object, one by one) costs a `run` more CPU than its mounts: with no other
-    thread left, the atexit handlers run, the streams are flushed, and the
-    process ends with os._exit. Anything unusual takes the ordinary exit.
-    """
-    code = main()
-    if threading.active_count() == 1:
-        atexit._run_exitfuncs()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            sys.exit(code)  # the ordinary exit reports a broken stream as it always has
-        os._exit(code)
-    sys.exit(code)
+    """The ``mountplan`` program (console script, ``python -m mountplan``): :func:`main`, then exit fast."""
+    exit_fast(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
