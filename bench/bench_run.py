@@ -11,17 +11,18 @@ not have). /tmp and /run are ext4 on this VM, so nothing is measured there.
 1. ``mountplan run --unshare -- /bin/true`` for plans/build-action.yaml as a process,
    next to bwrap making the same mounts beneath the root (``--bind / /``, so /bin/true
    is the host's, as with mountplan without --chroot) and to a shell script of
-   unshare + mount(8). ``before`` is today's tree with this work's files (OWN_FILES)
-   taken back to ``--before``, run the same way; ``no cache`` is today's tree with
-   the validated-plan cache off.
+   unshare + mount(8), each once with every namespace new (mountplan's --unshare) and
+   once with only mount and pid (``--share net,ipc,uts,cgroup``). mountplan runs as
+   ``pip install`` gives it (the console script of a wheel installed into a venv on
+   the tmpfs) and as ``python -m mountplan`` from the editable development venv.
+   ``before`` is today's tree with this work's files (OWN_FILES) taken back to
+   ``--before``, run the same way; ``no cache`` is today's tree with the
+   validated-plan cache off.
 4. In-process apply+destroy of the same plan through the API with 0 and with 10,000
    unrelated tmpfs mounts in the namespace (beside the roots, on another tmpfs),
-   alternating rounds; with the engine as it is, and with the engine's
-   read_live_table calls limited to the roots (a demonstration of the engine change
-   recommended in docs/performance.md: the bench swaps the function the engine
-   modules imported, nothing else).
-5. ``mountplan plan`` as a process against 1k/5k/10k-mount tables, next to
-   ``findmnt --json`` on the same table, plus the same demonstration.
+   alternating rounds (the engine reads only the mounts beneath the roots).
+5. ``mountplan plan`` as a process (wheel install and editable) against
+   1k/5k/10k-mount tables, next to ``findmnt --json`` on the same table.
 """
 
 from __future__ import annotations
@@ -42,32 +43,25 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = REPO / "plans" / "build-action.yaml"
 MARKER = "MOUNTPLAN_BENCH_RUN_IN_NAMESPACE"
 BASE = "/tmp/bench_run"  # a private tmpfs is mounted here inside the namespace
-DEFAULT_BEFORE = "8f628e0"  # main before the issue 13 speed work
-#: The files the issue 13 speed work changed (item 1's "before" takes them back).
+DEFAULT_BEFORE = "477b63f"  # main before the second round of issue 13 start-up work
+#: The files that round changed (item 1's "before" takes them back).
 OWN_FILES = (
-    "mountplan/livetable.py",
-    "mountplan/_kernel/statmount.py",
-    "mountplan/compiler.py",
-    "mountplan/api.py",
-    "mountplan/loader/__init__.py",
+    "mountplan/__main__.py",
+    "mountplan/_log.py",
     "mountplan/cli/logs.py",
+    "mountplan/cli/__init__.py",
+    "mountplan/cli/_schema_cmd.py",
+    "mountplan/runner.py",
+    "mountplan/_kernel/_libc.py",
+    "mountplan/_kernel/namespaces.py",
+    "mountplan/engine/executor.py",
+    "mountplan/engine/apply_run.py",
+    "mountplan/engine/statefs.py",
+    "mountplan/loader/diagnostics.py",
+    "mountplan/serve.py",
+    "mountplan/watch.py",
 )
 
-#: Engine modules that call read_live_table() (the calls docs/performance.md recommends limiting).
-ENGINE_READERS = ("apply_run", "attach", "executor", "removal", "unmount", "update")
-# Patch the engine's read_live_table to read only beneath the roots (item 4/5 demonstration).
-PATCH = """
-import functools, importlib, sys
-import mountplan.livetable as lt
-import mountplan.engine
-roots = sys.argv.pop(1).split(":")
-fast = functools.partial(lt.read_live_table, beneath=roots)
-for name in ENGINE_READERS:
-    module = importlib.import_module("mountplan.engine." + name)
-    module.read_live_table = lambda source=lt.TableSource.AUTO, beneath=None: fast(source)
-from mountplan.cli import main
-sys.exit(main())
-""".replace("ENGINE_READERS", repr(ENGINE_READERS))
 
 
 def _sh(cmd: str) -> None:
@@ -98,15 +92,8 @@ def _alternate(cases: dict[str, tuple[list[str], dict[str, str]]], n: int) -> di
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cases}
     # Warm-up: page cache, bytecode, plan cache. cwd is the tmpfs, never the checkout:
     # `python -m` puts the cwd first on sys.path, which would shadow PYTHONPATH.
-    for label, (argv, env) in list(cases.items()):
-        done = subprocess.run(argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=BASE)
-        if done.returncode != 0 and label.startswith("mountplan run (before"):
-            # The old engine files cannot run today's plan (its devices and symlinks
-            # are planned objects, newer than them): say so instead of timing a failure.
-            print(f"  ({label}: exits {done.returncode} on today's plan, left out)", file=sys.stderr)
-            del cases[label], results[label]
-        elif done.returncode != 0:
-            raise subprocess.CalledProcessError(done.returncode, argv, stderr=done.stderr)
+    for argv, env in cases.values():
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, cwd=BASE)
     for _ in range(n):
         for label, (argv, env) in cases.items():
             wall, cpu = _timed_process(argv, env)
@@ -131,6 +118,28 @@ def _env(**extra: str) -> dict[str, str]:
 # ------------------------------------------------------------------ item 1
 
 
+@functools.cache
+def _wheel_venv() -> str | None:
+    """A venv on the tmpfs with mountplan installed from a wheel of this tree, as ``pip install`` gives users.
+
+    The development venv is an editable install: its ``.pth`` finder is imported by
+    ``site`` in every process. None (and a note) when the wheel or venv cannot be made.
+    """
+    venv = f"{BASE}/wheel-venv"
+    dist = f"{BASE}/dist"
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, str(REPO)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        wheels = [str(p) for p in Path(dist).glob("mountplan-*.whl")]
+        subprocess.run([f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *wheels],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        print(f"  (no wheel-installed mountplan: {exc})", flush=True)
+        return None
+    return venv
+
+
 def _bench_run(n: int, before: str) -> list[str]:
     root = _input_root(f"{BASE}/input")
     state = f"{BASE}/state"
@@ -141,20 +150,31 @@ def _bench_run(n: int, before: str) -> list[str]:
     _sh(f"git -C {REPO} archive HEAD mountplan plans | tar -x -C {old_tree}")
     for rel in OWN_FILES:
         _sh(f"git -C {REPO} show {before}:{rel} > {old_tree}/{rel}")
-    os.unlink(f"{old_tree}/mountplan/loader/_cache.py")
-    cli = Path(old_tree, "mountplan", "cli", "__init__.py")
-    cli.write_text(cli.read_text().replace("strict_kernel=strict_kernel, cache=True)", "strict_kernel=strict_kernel)"))
-    mp_args = ["run", str(PLAN), "--root", f"input={root}", "--state-dir", state, "--unshare", "-q", "--", "/bin/true"]
+    common = ["run", str(PLAN), "--root", f"input={root}", "--state-dir", state, "-q"]
+    # --unshare makes net, ipc, uts and cgroup namespaces too; "pid+mnt" shares them
+    # (what --unshare meant before), next to bwrap and the script that unshare the same.
+    all_ns = [*common, "--unshare", "--", "/bin/true"]
+    mnt_pid = [*common, "--unshare", "--share", "net,ipc,uts,cgroup", "--", "/bin/true"]
     py = sys.executable
     env_now = _env(MOUNTPLAN_PLAN_CACHE=f"{BASE}/plan-cache")
+    wheel = _wheel_venv()
     bwrap = shutil.which("bwrap")
-    cases: dict[str, tuple[list[str], dict[str, str]]] = {
-        "mountplan run (now)": ([py, "-m", "mountplan", *mp_args], env_now),
-        "mountplan run (now, no plan cache)": ([py, "-m", "mountplan", *mp_args], _env(MOUNTPLAN_PLAN_CACHE="off")),
-        f"mountplan run (before: {before})": ([py, "-m", "mountplan", *mp_args], _env(PYTHONPATH=old_tree)),
-        "python -S -c pass (interpreter floor)": ([py, "-S", "-c", "pass"], env_now),
-        "python -c pass (with site)": ([py, "-c", "pass"], env_now),
-    }
+    # label -> (argv, env, the baseline its ratio is taken against)
+    cases: dict[str, tuple[list[str], dict[str, str], str]] = {}
+    if wheel:
+        cases["mountplan run --unshare (wheel, all ns)"] = ([f"{wheel}/bin/mountplan", *all_ns], env_now, "all")
+        cases["mountplan run --unshare (wheel, pid+mnt)"] = ([f"{wheel}/bin/mountplan", *mnt_pid], env_now, "pid")
+    cases.update({
+        "mountplan run --unshare (editable, all ns)": ([py, "-m", "mountplan", *all_ns], env_now, "all"),
+        "mountplan run --unshare (editable, pid+mnt)": ([py, "-m", "mountplan", *mnt_pid], env_now, "pid"),
+        "  same, no plan cache": ([py, "-m", "mountplan", *mnt_pid], _env(MOUNTPLAN_PLAN_CACHE="off"), "pid"),
+        f"  same, before ({before}, pid+mnt)": (
+            [py, "-m", "mountplan", *common, "--unshare", "--", "/bin/true"], _env(PYTHONPATH=old_tree), "pid"),
+        "python -S -c pass (interpreter floor)": ([py, "-S", "-c", "pass"], env_now, "pid"),
+        "python -c pass (editable venv, site)": ([py, "-c", "pass"], env_now, "pid"),
+    })
+    if wheel:
+        cases["python -c pass (wheel venv, site)"] = ([f"{wheel}/bin/python", "-c", "pass"], env_now, "pid")
     script = (
         f"set -e; R={root}; mount -t proc -o nosuid,nodev,noexec proc $R/proc 2>/dev/null || "
         "{ mkdir -p $R/proc; mount -t proc -o nosuid,nodev,noexec proc $R/proc; }; "
@@ -163,34 +183,39 @@ def _bench_run(n: int, before: str) -> list[str]:
         "mount -t tmpfs -o size=64k,mode=0755,nosuid,nodev,noexec dev $R/dev; "
         "for d in null zero full random urandom tty; do : > $R/dev/$d; mount --bind /dev/$d $R/dev/$d; "
         "mount -o remount,bind,nosuid,noexec $R/dev/$d; done; "
-        "mkdir $R/dev/pts $R/dev/shm; "
-        "mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts $R/dev/pts; "
-        "mount -t tmpfs -o mode=1777,nosuid,nodev shm $R/dev/shm; "
-        "ln -s /proc/self/fd $R/dev/fd; ln -s /proc/self/fd/0 $R/dev/stdin; ln -s /proc/self/fd/1 $R/dev/stdout; "
-        "ln -s /proc/self/fd/2 $R/dev/stderr; ln -s pts/ptmx $R/dev/ptmx; "
         "mount -t tmpfs -o size=256M,mode=1777,nosuid,nodev tmp $R/tmp; "
         "mount --bind $R/toolchain $R/opt/tools; mount -o remount,bind,ro,nosuid,nodev $R/opt/tools; /bin/true"
     )
-    cases["shell: unshare + mount(8)"] = (
-        ["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script],
-        env_now,
-    )
+    cases["shell: unshare -mp + mount(8)"] = (
+        ["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script], env_now, "pid")
+    cases["shell: unshare -mpniuC + mount(8)"] = (
+        ["unshare", "-m", "-p", "-n", "-i", "-u", "-C", "-f", "--propagation", "private", "sh", "-c", script],
+        env_now, "all")
     if bwrap:
-        cases["bwrap, same mounts"] = (
-            [bwrap, "--bind", "/", "/", "--unshare-pid", "--proc", f"{root}/proc", "--ro-bind", "/sys", f"{root}/sys",
-             "--dev", f"{root}/dev", "--tmpfs", f"{root}/tmp", "--ro-bind", f"{root}/toolchain", f"{root}/opt/tools",
-             "/bin/true"],
-            env_now,
-        )
-    res = _alternate(cases, n)
-    floor = _med(res["bwrap, same mounts"][0]) if bwrap else None
-    shell = _med(res["shell: unshare + mount(8)"][0])
-    lines = [f"1. whole process, plans/build-action.yaml (13 mounts, 5 symlinks), {n} alternating rounds; ratio = wall / bwrap"]
-    lines += [_row(k, *v, floor) for k, v in res.items()]
-    now = _med(res["mountplan run (now)"][0])
-    old_run = res.get(f"mountplan run (before: {before})")
-    lines.append(f"  => mountplan run / shell script: {now / shell:.2f}x"
-                 + (f"; before / now: {_med(old_run[0]) / now:.1f}x" if old_run else ""))
+        mounts = ["--bind", "/", "/", "--proc", f"{root}/proc", "--ro-bind", "/sys", f"{root}/sys",
+                  "--dev", f"{root}/dev", "--tmpfs", f"{root}/tmp", "--ro-bind", f"{root}/toolchain",
+                  f"{root}/opt/tools"]
+        cases["bwrap --unshare-pid, same mounts"] = ([bwrap, "--unshare-pid", *mounts, "/bin/true"], env_now, "pid")
+        # --unshare-all without the user namespace (root needs none, and mountplan makes none as root).
+        cases["bwrap --unshare-pid/net/ipc/uts/cgroup"] = (
+            [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+             *mounts, "/bin/true"], env_now, "all")
+    res = _alternate({k: (a, e) for k, (a, e, _) in cases.items()}, n)
+    floors = {"pid": "bwrap --unshare-pid, same mounts", "all": "bwrap --unshare-pid/net/ipc/uts/cgroup"}
+    title = f"1. whole process, plans/build-action.yaml (11 mounts), {n} alternating rounds"
+    lines = [f"{title}; ratio = wall / bwrap unsharing the same namespaces"]
+    for label, (walls, cpus) in res.items():
+        floor = _med(res[floors[cases[label][2]]][0]) if bwrap else None
+        lines.append(_row(label, walls, cpus, floor))
+    shell = _med(res["shell: unshare -mp + mount(8)"][0])
+    shell_all = _med(res["shell: unshare -mpniuC + mount(8)"][0])
+    for kind in ("wheel", "editable"):
+        if f"mountplan run --unshare ({kind}, pid+mnt)" in res:
+            now = _med(res[f"mountplan run --unshare ({kind}, pid+mnt)"][0])
+            now_all = _med(res[f"mountplan run --unshare ({kind}, all ns)"][0])
+            lines.append(f"  => {kind}: / shell script {now / shell:.2f}x (pid+mnt), {now_all / shell_all:.2f}x (all ns)")
+    before_ms = _med(res[f"  same, before ({before}, pid+mnt)"][0])
+    lines.append(f"  => before / now (editable, pid+mnt): {before_ms / _med(res['mountplan run --unshare (editable, pid+mnt)'][0]):.1f}x")
     return lines
 
 
@@ -230,29 +255,6 @@ def _drop_mounts(parent: str) -> None:
     _sh(f"umount -l {parent}")
 
 
-def _engine_patched(roots: list[str]) -> Callable[[], None]:
-    """Point the engine's read_live_table at the roots; return the undo."""
-    import importlib
-
-    import mountplan.livetable as lt
-
-    modules = [importlib.import_module(f"mountplan.engine.{name}") for name in ENGINE_READERS]
-    saved = [getattr(m, "read_live_table") for m in modules]  # noqa: B009 - not re-exported for mypy
-    fast = functools.partial(lt.read_live_table, beneath=roots)
-
-    def beneath_roots(source: lt.TableSource = lt.TableSource.AUTO, beneath: object = None) -> lt.LiveTable:
-        return fast(source)  # the engine now passes beneath= itself; the demonstration keeps its own roots
-
-    for m in modules:
-        setattr(m, "read_live_table", beneath_roots)  # noqa: B010
-
-    def undo() -> None:
-        for m, f in zip(modules, saved, strict=True):
-            setattr(m, "read_live_table", f)  # noqa: B010
-
-    return undo
-
-
 def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
     import mountplan
     from mountplan.engine import Engine
@@ -282,14 +284,6 @@ def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
                 _make_mounts(busy_dir, count)
             per_action()  # warm
             samples.setdefault(f"engine as is, {label_mounts}", []).extend(per_action() for _ in range(iterations))
-            undo = _engine_patched([root])
-            try:
-                per_action()
-                samples.setdefault(f"engine reading beneath roots, {label_mounts}", []).extend(
-                    per_action() for _ in range(iterations)
-                )
-            finally:
-                undo()
             if count:
                 samples.setdefault("read_live_table() full", []).append(min(_time(read_live_table) for _ in range(3)))
                 samples.setdefault("read_live_table(beneath=[root])", []).append(
@@ -305,7 +299,7 @@ def _bench_api(iterations: int, rounds: int, busy: int) -> list[str]:
     lines = [f"{title} x {iterations}"]
     for label, values in samples.items():
         lines.append(f"  {label:<52} median {_med(values):8.2f} ms  min {min(values) * 1000:8.2f} ms")
-    for kind in ("engine as is", "engine reading beneath roots"):
+    for kind in ("engine as is",):
         ratio = _med(samples[f"{kind}, {busy} other mounts"]) / _med(samples[f"{kind}, 0 other mounts"])
         lines.append(f"  => {kind}: {busy} other mounts / none = {ratio:.2f}x")
     return lines
@@ -326,6 +320,7 @@ def _bench_plan(sizes: list[int], n: int) -> list[str]:
     common = [str(PLAN), "--root", f"input={root}", "--state-dir", state, "-q"]
     subprocess.run([py, "-m", "mountplan", "apply", *common], check=True, env=env, stdout=subprocess.DEVNULL, cwd=BASE)
     busy_dir = f"{BASE}/plan-busy"
+    wheel = _wheel_venv()
     lines = [f"5. `mountplan plan` process (build-action applied, no changes) vs `findmnt --json`, {n} alternating rounds"]
     made = 0
     os.makedirs(busy_dir)
@@ -336,8 +331,8 @@ def _bench_plan(sizes: list[int], n: int) -> list[str]:
         with open("/proc/self/mountinfo", "rb") as f:
             total = len(f.read().splitlines())
         cases = {
+            **({"mountplan plan (wheel)": ([f"{wheel}/bin/mountplan", "plan", *common], env)} if wheel else {}),
             "mountplan plan": ([py, "-m", "mountplan", "plan", *common], env),
-            "mountplan plan (engine reading beneath roots)": ([py, "-c", PATCH, root, "plan", *common], env),
             "findmnt --json": (["findmnt", "--json"], env),
         }
         res = _alternate(cases, n)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from mountplan.cli import console
 
-from mountplan.cli import main
-
-sys.exit(main())
+console()

@@ -28,9 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog.stdlib
-
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.engine import ApplyResult, Engine
 from mountplan.errors import ExecutionError, LockError, MountplanError
 from mountplan.model import Plan
@@ -45,7 +43,7 @@ MAX_MESSAGE = 65536
 MAX_FDS = 16
 
 _stdlib_log = logging.getLogger("mountplan")
-_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
+_events: EventLogger = structured_logger(_stdlib_log)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 

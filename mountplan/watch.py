@@ -38,10 +38,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog.stdlib
-
 from mountplan._kernel.fanotify import MountEvent, open_mount_namespace_watch, read_mount_events
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan._watchtypes import (
     FORMAT_VERSION,
     EventKind,
@@ -76,7 +74,7 @@ _TRIGGER_LIMIT = 16
 _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
 
-_events: structlog.stdlib.BoundLogger = structured_logger(logging.getLogger("mountplan"))
+_events: EventLogger = structured_logger(logging.getLogger("mountplan"))
 
 
 def detect_mechanism() -> tuple[Mechanism, str]:

@@ -7,13 +7,26 @@ ctypes type or 64-bit values are silently truncated (kernel.md, "ctypes pitfall"
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
-import platform
+import os
 from collections.abc import Callable
 from typing import Any
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _open_libc() -> ctypes.CDLL:
+    # dlopen(NULL): the symbols the interpreter is already linked with, libc's
+    # among them. ctypes.util.find_library would import subprocess and run
+    # ldconfig, several ms of every mountplan process; it stays the fallback
+    # for an interpreter linked without libc's symbols exported.
+    here = ctypes.CDLL(None, use_errno=True)
+    if hasattr(here, "syscall") and hasattr(here, "statx"):
+        return here
+    from ctypes.util import find_library
+
+    return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _open_libc()
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -49,8 +62,8 @@ _GENERIC = {
     "open_tree_attr": 467,
 }
 
-if platform.machine() in {"alpha", "mips", "mips64", "ia64"}:  # pragma: no cover
-    raise ImportError(f"mountplan: syscall numbers for {platform.machine()} are not known")
+if os.uname().machine in {"alpha", "mips", "mips64", "ia64"}:  # pragma: no cover
+    raise ImportError(f"mountplan: syscall numbers for {os.uname().machine} are not known")
 
 SYSCALL_NUMBERS: dict[str, int] = dict(_GENERIC)
 

@@ -49,6 +49,7 @@ class CloneFlag(enum.IntFlag):
     """``CLONE_NEW*`` flags for unshare(2)."""
 
     NEWNS = 0x00020000
+    NEWUTS = 0x04000000
     NEWCGROUP = 0x02000000
     NEWIPC = 0x08000000
     NEWUSER = 0x10000000
@@ -101,13 +102,19 @@ def make_mounts_private() -> None:
         mount(None, "/", None, MountFlag.REC | MountFlag.PRIVATE)
 
 
-def enter_private_namespaces(*, as_root: bool, carry_fd: int | None = None) -> Fd | None:
+def enter_private_namespaces(
+    *, as_root: bool, carry_fd: int | None = None, also: CloneFlag | None = None
+) -> Fd | None:
     """Enter new mount and pid namespaces and make every mount private.
 
-    ``as_root`` False also makes a user namespace mapping us to root, plus net and
-    ipc namespaces it owns: the kernel lets a user namespace's owner mount sysfs
-    and mqueue only for namespaces that user namespace owns (proc likewise needs
-    the pid namespace). Nothing mounted afterwards propagates back out.
+    ``as_root`` False also makes a user namespace mapping us to root, plus (by
+    default) net and ipc namespaces it owns: the kernel lets a user namespace's
+    owner mount sysfs and mqueue only for namespaces that user namespace owns
+    (proc likewise needs the pid namespace). ``also`` names exactly which other
+    namespaces to make new (``NEWNET``, ``NEWIPC``, ``NEWUTS``, ``NEWCGROUP``,
+    ``NEWUSER``), in the same unshare(2) call, so every one of them is owned by
+    the new user namespace when there is one. Nothing mounted afterwards
+    propagates back out.
 
     ``carry_fd``, a directory fd of the caller's mount namespace, comes back as
     an O_PATH fd of the *same directory on the new namespace's copy of its mount*
@@ -125,11 +132,13 @@ def enter_private_namespaces(*, as_root: bool, carry_fd: int | None = None) -> F
         except OSError:
             cwd = None
         os.fchdir(carry_fd)
-    if as_root:
-        unshare(CloneFlag.NEWNS | CloneFlag.NEWPID)
+    if also is None:
+        also = CloneFlag(0) if as_root else CloneFlag.NEWNET | CloneFlag.NEWIPC
+    if as_root and not also & CloneFlag.NEWUSER:
+        unshare(CloneFlag.NEWNS | CloneFlag.NEWPID | also)
     else:
         uid, gid = os.geteuid(), os.getegid()
-        unshare(CloneFlag.NEWUSER | CloneFlag.NEWNS | CloneFlag.NEWPID | CloneFlag.NEWNET | CloneFlag.NEWIPC)
+        unshare(CloneFlag.NEWUSER | CloneFlag.NEWNS | CloneFlag.NEWPID | also)
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)

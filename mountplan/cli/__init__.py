@@ -24,21 +24,22 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from mountplan import __version__
 from mountplan.errors import MountplanError, PlanError, RootError
 
 from . import logs
-from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root
+from ._checks import UsageError, check_out_path, parse_lock_timeout, parse_root, unshare_namespaces
 from ._completion_cmd import add_completion_parsers
 from ._help import DESCRIPTIONS, EXAMPLES
 from ._output import FORMAT_VERSION, ArgumentParser, ParserUsageError, err, error_document, out, out_json
+from ._program import OnlyOne, exit_fast
 from ._schema_cmd import add_schema_parser
 from ._serve_cmd import add_serve_parser
 from ._watch_cmd import add_watch_parser
 
-__all__ = ["UsageError", "build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "console", "main"]
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -282,13 +283,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = list(args.argv)
     if not command:
         raise UsageError("mountplan run: give the command after --, e.g. mountplan run PLAN -- make test")
+    unshare = unshare_namespaces(args.unshare, args.share, runner.ALL_NAMESPACES)
     plan = _load(args.plan)
     # Once the command has started, the exit status is the command's own.
     status = runner.run(
         plan,
         _roots(args),
         command,
-        unshare=args.unshare,
+        unshare=unshare,
         chroot=args.chroot,
         cwd=args.cwd,
         state_dir=args.state_dir,
@@ -361,8 +363,11 @@ def _describe(name: str, parser: argparse.ArgumentParser, help: str | None) -> N
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (also what shell completion and the man page are generated from)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line (also what shell completion and the man page are generated from).
+
+    ``only``: build just that command (it must be one), for parsing a command line that names it.
+    """
     parser = ArgumentParser(
         prog="mountplan",
         description="Declarative mount plans for Linux, applied transactionally with the new mount API.",
@@ -383,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lock-timeout", type=parse_lock_timeout, default=30.0, metavar="SECONDS", help="wait this long for the state lock")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout (errors too)")
 
-    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    sub: Any = OnlyOne(parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND"), only)
     plan_help = "plan file (- reads standard input)"
 
     p = _command(sub, "validate", [common], "check plan files, report every problem")
@@ -422,7 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "run", [common, run], "apply, run a command, always destroy; exit with the command's status")
     p.add_argument("plan", metavar="PLAN", help=plan_help)
-    p.add_argument("--unshare", action="store_true", help="all in a fresh private mount + pid namespace")
+    p.add_argument(
+        "--unshare", action="store_true",
+        help="all in fresh namespaces: mount, pid, net, ipc, uts, cgroup (and user when not root)",
+    )
+    p.add_argument(
+        "--share", action="append", default=[], metavar="NS[,NS]",
+        help="with --unshare: keep the caller's net, ipc, uts or cgroup namespace (repeatable)",
+    )
+    p.add_argument("--share-net", action="append_const", const="net", dest="share", help="with --unshare: same as --share net")
     p.add_argument("--chroot", metavar="ROOT|/PATH", help="chroot the command into a plan root (by name) or a path")
     p.add_argument("--cwd", metavar="DIR", help="working directory of the command (inside the chroot)")
     p.epilog = "The command follows `--`.\n" + "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES["run"])
@@ -451,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     for action in sub._choices_actions:  # the help line of each command, as registered
         _describe(action.dest, sub.choices[action.dest], action.help)
     return parser
+
+
+#: Every command ``build_parser`` makes (tests/cli checks the list is complete).
+_COMMANDS = frozenset(
+    {"validate", "plan", "apply", "diff", "status", "destroy", "run", "recover", "graph", "steps", "schema",
+     "watch", "serve", "completion", "manpage"}
+)
 
 
 class InternalError(Exception):
@@ -488,12 +508,14 @@ def _fail(exc: BaseException, code: int, *, json_mode: bool, text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run` takes its command after `--`; split it off before argparse sees it,
     # so options after PLAN still belong to mountplan.
     command: list[str] = []
     at = _subcommand_index(argv)
+    # The top-level --help (before the command) lists every command: build them all then.
+    only = argv[at] if at is not None and not {"-h", "--help"} & set(argv[:at]) else None
+    parser = build_parser(only=only if only in _COMMANDS else None)
     if at is not None and argv[at] == "run" and "--" in argv[at:]:
         cut = argv.index("--", at)
         argv, command = argv[:cut], argv[cut + 1 :]
@@ -531,5 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(InternalError(message), EXIT_INTERNAL, json_mode=json_mode, text=f"mountplan: {message}\n")
 
 
+def console() -> NoReturn:
+    """The ``mountplan`` program (console script, ``python -m mountplan``): :func:`main`, then exit fast."""
+    exit_fast(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

@@ -7,10 +7,11 @@ import math
 import os
 import re
 import stat
+from typing import Any
 
 from mountplan.errors import MountplanError
 
-__all__ = ["UsageError", "check_out_path", "parse_lock_timeout", "parse_root"]
+__all__ = ["UsageError", "check_out_path", "parse_lock_timeout", "parse_root", "unshare_namespaces"]
 
 #: Largest fd number: fds are C ints (an int that does not fit is no fd, not an overflow).
 _FD_MAX = 2**31 - 1
@@ -82,3 +83,17 @@ def _reason(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "does not exist"
     return f"cannot be used: {exc.strerror or exc}"
+
+
+def unshare_namespaces(unshare: bool, share: list[str], every: frozenset[Any]) -> Any:
+    """``run``'s --unshare and --share: False, True, or the namespaces of ``every`` not named in ``share``."""
+    if not share:
+        return unshare
+    if not unshare:
+        raise UsageError("run: --share keeps some of the caller's namespaces under --unshare; add --unshare")
+    names = [name.strip() for value in share for name in value.split(",")]
+    sharable = {n.value: n for n in every}
+    unknown = sorted({name for name in names if name not in sharable})
+    if unknown:
+        raise UsageError(f"run: --share {', '.join(unknown)}: not a namespace to share (one of {', '.join(sorted(sharable))})")
+    return every - {sharable[name] for name in names}

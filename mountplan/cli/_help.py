@@ -44,6 +44,7 @@ EXAMPLES = {
     "run": [
         "mountplan run plan.yaml --root input=/srv/in -- make test",
         "mountplan run plan.yaml --root input=/srv/in --unshare --chroot input -- /bin/sh -c 'make'",
+        "mountplan run plan.yaml --root input=/srv/in --unshare --share-net -- ./fetch-deps",
     ],
     "recover": ["mountplan recover", "mountplan recover --state-dir /run/mountplan --json"],
     "graph": ["mountplan graph plan.yaml | dot -Tsvg > graph.svg", "mountplan graph plan.yaml --format mermaid"],

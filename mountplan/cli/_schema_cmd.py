@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Any
 
 from ._checks import UsageError
@@ -58,6 +57,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     try:
         os.makedirs(directory, exist_ok=True)
         # Replace atomically: an editor reading the file mid-write would report a broken schema.
+        import tempfile  # only here: it pulls in shutil, random, bz2, lzma
+
         fd, temp = tempfile.mkstemp(prefix=f".{SCHEMA_FILENAME}.", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:

@@ -17,8 +17,14 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from mountplan import _log
+from mountplan._text import printable, printable_lines
+
+if TYPE_CHECKING:
+    import structlog.typing
 
 
 def _import_structlog_without_rich() -> None:
@@ -35,13 +41,6 @@ def _import_structlog_without_rich() -> None:
         if sys.modules.get("rich", 0) is None:
             del sys.modules["rich"]
 
-
-_import_structlog_without_rich()
-
-import structlog  # after the call above decided what structlog sees
-
-from mountplan._log import PROCESSORS
-from mountplan._text import printable, printable_lines
 
 __all__ = ["EventCollector", "EventFormatter", "configure", "escape_values", "wants_color"]
 
@@ -76,14 +75,21 @@ class EventFormatter(logging.Formatter):
 
     The library's records carry a :class:`~mountplan._log.LogEvent` (the event and
     its fields); any other record becomes ``{"event": record.getMessage()}``.
-    ``level`` and ``timestamp`` come from the record itself.
+    ``level`` and ``timestamp`` come from the record itself. ``processors`` may be
+    a function that makes them: it is called for the first record, so a process
+    that logs nothing never imports structlog.
     """
 
-    def __init__(self, processors: Sequence[structlog.typing.Processor]) -> None:
+    def __init__(
+        self, processors: Sequence[structlog.typing.Processor] | Callable[[], Sequence[structlog.typing.Processor]]
+    ) -> None:
         super().__init__()
-        self._processors = list(processors)
+        self._make = processors if callable(processors) else None
+        self._processors = [] if callable(processors) else list(processors)
 
     def format(self, record: logging.LogRecord) -> str:
+        if self._make is not None:
+            self._processors, self._make = list(self._make()), None
         fields = dict(record.msg) if isinstance(record.msg, Mapping) else {"event": record.getMessage()}
         method = record.levelname.lower()
         stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
@@ -111,32 +117,49 @@ class EventCollector(logging.Handler):
             self.events.append(dict(record.msg))
 
 
+def _renderers(log_format: str, color: bool) -> list[structlog.typing.Processor]:
+    """The processors after the record's own fields: exceptions to text, escaping, the renderer."""
+    sl = _log.load_structlog()
+
+    renderer: structlog.typing.Processor
+    # A traceback is turned into text first, so that its lines are escaped too.
+    escape: list[structlog.typing.Processor] = [sl.processors.format_exc_info, escape_values]
+    if log_format == "json":
+        # json.dumps escapes control characters itself; the values stay exact.
+        escape = [sl.processors.format_exc_info]
+        renderer = sl.processors.JSONRenderer(sort_keys=True)
+    elif log_format == "console":
+        renderer = sl.dev.ConsoleRenderer(colors=color)
+    else:
+        renderer = sl.processors.LogfmtRenderer(sort_keys=True, key_order=["event"])
+    return [*escape, renderer]
+
+
+def _configure_structlog() -> None:
+    # Loggers that follow the global configuration (structlog.get_logger(),
+    # structlog.wrap_logger() without processors) make the same records as the library's.
+    import structlog
+
+    structlog.configure(
+        processors=_log.processors(), wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=False
+    )
+
+
 def configure(verbosity: int, log_format: str, *, collector: logging.Handler | None = None) -> None:
     """``verbosity``: -1 quiet (errors), 0 warnings, 1 info, 2+ debug.
 
     ``collector``, if given, also receives every info-or-above event whatever the verbosity.
+    structlog itself is imported (and configured) only once an event needs it.
     """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     color = wants_color(sys.stderr)
     if log_format == "auto":
         # FORCE_COLOR asks for the terminal's rendering where there is no terminal (CI logs).
         log_format = "console" if sys.stderr.isatty() or color else "logfmt"
-    renderer: structlog.typing.Processor
-    # A traceback is turned into text first, so that its lines are escaped too.
-    escape: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, escape_values]
-    if log_format == "json":
-        # json.dumps escapes control characters itself; the values stay exact.
-        escape = [structlog.processors.format_exc_info]
-        renderer = structlog.processors.JSONRenderer(sort_keys=True)
-    elif log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=color)
-    else:
-        renderer = structlog.processors.LogfmtRenderer(sort_keys=True, key_order=["event"])
-    # Loggers that follow the global configuration (structlog.get_logger(),
-    # structlog.wrap_logger() without processors) make the same records as the library's.
-    structlog.configure(processors=PROCESSORS, wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=False)
+    _log.import_structlog_with(_import_structlog_without_rich)
+    _log.when_structlog_loaded(_configure_structlog)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EventFormatter([*escape, renderer]))
+    handler.setFormatter(EventFormatter(lambda: _renderers(log_format, color)))
     handler.setLevel(level)
     logger = logging.getLogger("mountplan")
     logger.handlers[:] = [handler] if collector is None else [handler, collector]

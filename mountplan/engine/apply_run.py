@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import structlog.stdlib
-
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.changes import Action, ChangeSet
 from mountplan.compiler import CompiledPlan, Step
 from mountplan.errors import BusyError, ExecutionError, MountplanError
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
     from .executor import Engine
 
 _stdlib_log = logging.getLogger("mountplan")
-_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
+_events: EventLogger = structured_logger(_stdlib_log)
 
 
 def _enabled(level: int) -> bool:

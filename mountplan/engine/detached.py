@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, cast
 
-import structlog.stdlib
-
 from mountplan._kernel import Fd, MoveMountFlag, OpenTreeFlag, detect
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan._kernel.emulation import active_profile
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.compiler import CompiledPlan, Step
 from mountplan.errors import ExecutionError, KernelError, MountplanError
 from mountplan.livetable import LiveTable, TableSource
@@ -54,7 +52,7 @@ from .transaction import Transaction
 __all__ = ["DetachedTree", "Mechanism", "build_detached", "moves_between_detached"]
 
 _stdlib_log = logging.getLogger("mountplan")
-_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
+_events: EventLogger = structured_logger(_stdlib_log)
 
 _CLONE_TREE = OpenTreeFlag.CLONE | OpenTreeFlag.CLOEXEC | OpenTreeFlag.RECURSIVE | OpenTreeFlag.EMPTY_PATH
 _NO_TABLE = LiveTable(mounts=(), source=TableSource.MOUNTINFO)

@@ -15,13 +15,11 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-import structlog.stdlib
+from typing import TYPE_CHECKING, Any
 
 from mountplan._kernel import detect
 from mountplan._kernel.namespaces import in_initial_cgroup_namespace
-from mountplan._log import structured_logger
+from mountplan._log import EventLogger, structured_logger
 from mountplan.changes import ChangeSet, diff
 from mountplan.compiler import CompiledPlan
 from mountplan.errors import (
@@ -45,9 +43,12 @@ from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
-from .saved import SavedPlan, live_snapshot, state_digest
 from .state import ManagedMount, State, StateStore, current_scope, default_state_dir, instance_key
 from .unmount import is_ours_at
+
+if TYPE_CHECKING:
+    # Saved plans are imported where they are used: `run` and `apply PLAN` never need them.
+    from .saved import SavedPlan
 
 __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_for", "fingerprint", "root_paths"]
 
@@ -55,7 +56,7 @@ __all__ = ["ApplyResult", "DestroyResult", "Engine", "RecoverResult", "compiled_
 # embedding program sees only warnings (stdlib's last-resort handler) until it
 # sets up logging itself. The library never configures structlog.
 _stdlib_log = logging.getLogger("mountplan")
-_events: structlog.stdlib.BoundLogger = structured_logger(_stdlib_log)
+_events: EventLogger = structured_logger(_stdlib_log)
 
 
 def warn_machine_wide(plan: Plan) -> None:
@@ -313,6 +314,8 @@ class Engine:
             state = committed or State(plan=plan.name, roots=self._root_json(rootset))
             live = read_live_table(beneath=self.root_dirs(rootset))
             changes = self._diff(plan, rootset, state, prune=prune, live=live)
+            from .saved import SavedPlan, state_digest
+
             saved = SavedPlan(
                 plan_name=plan.name,
                 plan_file=plan.source_file,
@@ -360,4 +363,6 @@ class Engine:
 
     @staticmethod
     def _snapshot(rootset: RootSet, state: State, live: LiveTable) -> list[dict[str, Any]]:
+        from .saved import live_snapshot
+
         return live_snapshot(live, [h.identity.path for h in rootset.values()], [m.mnt_id for m in state.mounts])

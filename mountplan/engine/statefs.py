@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 
 from mountplan.errors import StateError
@@ -163,7 +162,8 @@ def write_atomic(path: str, data: bytes, mode: int, *, dir_fd: int | None = None
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise StateError(f"refusing to replace {path}: it is {file_kind(st.st_mode)}; only a regular file is replaced")
         # Random, hidden, O_EXCL|O_NOFOLLOW: a planted name cannot redirect the write.
-        tmp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
+        # (os.urandom, not secrets: that module costs every process random, base64 and hmac.)
+        tmp = f".{name[:200]}.{os.urandom(6).hex()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         except OSError as exc:
