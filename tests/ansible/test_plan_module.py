@@ -56,7 +56,6 @@ def test_apply_reports_changed_and_a_second_apply_unchanged(tmp_path: Path, root
     assert run.returncode == 0, run.stdout + run.stderr
     first, second, checked = run.results["first"], run.results["second"], run.results["checked"]
     assert first["changed"] is True and first["created"] == ["scratch", "cache"]
-    assert first["summary"] == {"add": 2, "change": 0, "destroy": 0}
     assert second["changed"] is False
     assert second["unchanged"] == ["scratch", "cache"] and second["created"] == []
     assert checked["changed"] is False
@@ -101,7 +100,8 @@ def test_prune_removes_what_the_plan_no_longer_lists(tmp_path: Path, root_dir: s
     """Without prune a dropped mount is kept (and reported); with prune it is removed and changed=true."""
     tasks = [
         plan_task("v1", _params(tmp_path, root_dir)),
-        plan_task("kept", _params(tmp_path, root_dir, content=PLAN_V1_NO_CACHE)),
+        # In diff mode the module plans, shows, then applies that saved plan: the kept mount is in the result.
+        plan_task("kept", _params(tmp_path, root_dir, content=PLAN_V1_NO_CACHE), diff=True),
         plan_task("pruned", _params(tmp_path, root_dir, content=PLAN_V1_NO_CACHE, prune=True)),
     ]
     run = run_playbook(tmp_path, tasks)
@@ -163,28 +163,18 @@ def test_a_busy_mount_fails_the_destroy_unless_lazy(tmp_path: Path, root_dir: st
         holder.wait()
 
 
+INVALID_PLAN = "version: 1\nname: x\nroots: {r: {}}\nmounts:\n  - {name: a, root: r, target: /abs, type: tmpfs}\n"
+BAD_SIZE_PLAN = (
+    "version: 1\nname: x\nroots: {r: {}}\nmounts:\n  - {name: a, root: r, target: a, type: tmpfs, options: {size: bogus}}\n"
+)
 FAILURES = [
-    # (task, plan text, root, mountplan's exit code, error kind, the command that failed, part of its message)
-    (
-        "invalid_plan",
-        "version: 1\nname: x\nroots: {r: {}}\nmounts:\n  - {name: a, root: r, target: /abs, type: tmpfs}\n",
-        None,
-        2,
-        "PlanError",
-        "plan",
-        "content:5:32: error: target '/abs' must be relative to its root",
-    ),
-    ("missing_root", PLAN_V1, "/nonexistent/mountplan-root", 3, "RootError", "plan", "/nonexistent/mountplan-root"),
-    (
-        # `plan -o` does not ask the kernel; apply does, fails at that step and rolls back.
-        "kernel_refuses",
-        "version: 1\nname: x\nroots: {r: {}}\nmounts:\n  - {name: a, root: r, target: a, type: tmpfs, options: {size: bogus}}\n",
-        None,
-        4,
-        "ExecutionError",
-        "apply",
-        "fsconfig 'size=bogus'",
-    ),
+    # (task, plan text, root, check mode, the command that failed, its exit code, error kind, part of its message)
+    ("invalid_plan", INVALID_PLAN, None, False, "apply", 2, "PlanError", "content:5:32: error: target '/abs' must be relative"),
+    ("missing_root", PLAN_V1, "/nonexistent/mountplan-root", False, "apply", 3, "RootError", "/nonexistent/mountplan-root"),
+    # apply fails at the step the kernel refuses, and rolls back.
+    ("kernel_refuses", BAD_SIZE_PLAN, None, False, "apply", 4, "ExecutionError", "fsconfig 'size=bogus'"),
+    # plan asks the kernel without mounting, and exits 4 with the problems.
+    ("kernel_refuses_check", BAD_SIZE_PLAN, None, True, "plan", 4, "KernelError", "fsconfig 'size=bogus'"),
 ]
 
 
@@ -192,13 +182,13 @@ FAILURES = [
 def test_mountplan_failures_are_ansible_failures_with_its_message(tmp_path: Path, root_dir: str) -> None:
     """Each failure fails its task with mountplan's message and exit code; without ignore_errors it ends the play."""
     tasks = [
-        plan_task(case, _params(tmp_path, root or root_dir, content=text), ignore_errors=True)
-        for case, text, root, *_ in FAILURES
+        plan_task(case, _params(tmp_path, root or root_dir, content=text), ignore_errors=True, check_mode=check)
+        for case, text, root, check, *_ in FAILURES
     ]
     fatal = _params(tmp_path, root_dir, content="version: 1\nname: [\n")
     tasks += [plan_task("fatal", fatal), plan_task("never", _params(tmp_path, root_dir))]
     run = run_playbook(tmp_path, tasks)
-    for case, _, _, code, kind, command, message in FAILURES:
+    for case, _, _, _, command, code, kind, message in FAILURES:
         result = run.results[case]
         assert result["failed"] is True, case
         assert (result["rc"], result["error"]) == (code, kind), case
@@ -206,7 +196,7 @@ def test_mountplan_failures_are_ansible_failures_with_its_message(tmp_path: Path
         assert message in result["msg"], result["msg"]
     assert run.returncode == 2  # ansible-playbook: a host failed
     assert "fatal: [localhost]: FAILED!" in run.stdout
-    assert run.results["fatal"]["msg"].startswith("mountplan plan failed with exit 2 (PlanError)")
+    assert run.results["fatal"]["msg"].startswith("mountplan apply failed with exit 2 (PlanError)")
     assert "never" not in run.results  # the play stopped at the failure
     assert "Traceback" not in run.stdout + run.stderr
     assert mounts_beneath(root_dir) == [] and os.listdir(root_dir) == []

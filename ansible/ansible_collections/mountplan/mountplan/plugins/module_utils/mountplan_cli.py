@@ -88,7 +88,7 @@ def run_json(module: Any, argv: list[str], rename: dict[str, str] | None = None)
         )
     if rc == EXIT_KERNEL_REFUSES and doc.get("problems"):
         raise MountplanFailure(
-            f"mountplan {command} failed with exit {rc}: the kernel refuses what apply would do: "
+            f"mountplan {command} failed with exit {rc} (KernelError): the kernel refuses what apply would do: "
             + "; ".join(doc["problems"]),
             rc=rc,
             error="KernelError",

@@ -14,16 +14,18 @@ description:
   - Makes the mounts a L(mountplan,https://github.com/mountplan/mountplan) plan describes
     (O(state=present)), or removes the mounts mountplan made for it (O(state=absent)), on
     the managed host, by running the C(mountplan) command there with C(--json).
-  - With O(state=present) the module runs C(mountplan plan -o FILE) and then
-    C(mountplan apply FILE), so it carries out exactly the changes it computed (and
-    shows in diff mode), or fails with exit 8 and changes nothing if the mount table
-    moved in between.
+  - With O(state=present) the module runs C(mountplan apply), which plans and applies
+    under mountplan's state lock. In diff mode it runs C(mountplan plan -o FILE), shows
+    that change set, then runs C(mountplan apply FILE), which carries out exactly the
+    changes shown, or fails with exit 8 and changes nothing if the mount table moved in
+    between.
   - Idempotent. RV(ignore:changed) is V(true) only when mountplan created, updated,
     replaced, pruned or removed a mount; a second run with the same plan reports
     V(false).
   - Check mode runs C(mountplan plan) (state present) or C(mountplan status)
     (state absent), which change nothing; RV(ignore:changed) then says whether a real
-    run would change something.
+    run would change something. In check and diff mode, a mount beneath a root that
+    mountplan did not make is reported as a warning (it is never touched).
   - Every mountplan failure (an invalid plan, a missing root, a step the kernel
     refuses, a busy mount, a held lock) is an Ansible failure whose message is
     mountplan's own, with its exit code in RV(rc). A failed apply has been rolled back
@@ -165,7 +167,7 @@ rc:
   sample: 0
 summary:
   description: How many mounts the plan adds, changes and destroys (C(mountplan plan)).
-  returned: success, state=present
+  returned: state=present, in check mode or diff mode
   type: dict
   sample: {"add": 1, "change": 0, "destroy": 0}
 changes:
@@ -173,19 +175,19 @@ changes:
     - The change set C(mountplan plan --json) computed, one entry per mount in the plan
       (and per mount to prune); C(action) is one of V(noop), V(create), V(update),
       V(replace), V(delete), and C(fields) lists what differs.
-  returned: success, state=present
+  returned: state=present, in check mode or diff mode
   type: list
   elements: dict
   sample: [{"mount": "scratch", "root": "data", "target": "scratch", "action": "create", "symbol": "+",
             "fields": [], "reason": "not mounted", "mnt_id": null}]
 kept:
   description: Mounts mountplan made that the plan no longer lists, left mounted (see O(prune)).
-  returned: success, state=present
+  returned: state=present, in check mode or diff mode
   type: list
   elements: dict
 foreign:
   description: Mounts beneath a root that mountplan did not make; they are left alone (and warned about).
-  returned: success, state=present
+  returned: state=present, in check mode or diff mode
   type: list
   elements: dict
 created:
@@ -216,12 +218,12 @@ unchanged:
   elements: str
 state_file:
   description: mountplan's state file for this plan instance on the managed host.
-  returned: success, except with state=present in check mode
+  returned: state=present when applied; state=absent in check mode or diff mode
   type: str
   sample: /run/mountplan/scratch-6134e1168bc4.state.json
 mounts:
   description: The mounts mountplan managed for this plan instance before the task (C(mountplan status --json)).
-  returned: state=absent
+  returned: state=absent, in check mode or diff mode
   type: list
   elements: dict
 removed:
@@ -235,7 +237,11 @@ already_gone:
   type: list
   elements: str
 error:
-  description: The kind of mountplan error (C(PlanError), C(RootError), C(ExecutionError), C(BusyError), ...).
+  description:
+    - The kind of mountplan error (C(PlanError), C(RootError), C(ExecutionError), C(BusyError), ...), as
+      its C(--json) error document names it.
+    - V(KernelError) when C(mountplan plan) (check mode) found that the kernel refuses a mount apply
+      would make.
   returned: failure
   type: str
   sample: PlanError
@@ -322,63 +328,69 @@ def warn_foreign(module: AnsibleModule, doc: dict[str, Any]) -> None:
         )
 
 
-def ensure_present(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, object]:
-    """Plan, then apply exactly that plan (check mode: plan only)."""
+def ensure_present(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, Any]:
+    """Apply the plan. Check mode: plan only. Diff mode: plan, show it, then apply exactly that saved plan."""
     params = module.params
     prune = ["--prune"] if params["prune"] else []
-    saved = [] if module.check_mode else ["-o", os.path.join(module.tmpdir, "saved-plan.json")]
-    doc = run_json(module, [*command[:1], "plan", *command[1:], *prune, *saved], rename)
-    warn_foreign(module, doc)
-    result: dict[str, object] = {
-        "plan": doc["plan"],
-        "summary": doc["summary"],
-        "changes": doc["changes"],
-        "kept": doc["kept"],
-        "foreign": doc["foreign"],
-        "changed": has_changes(doc),
-    }
-    if module._diff:
-        result["diff"] = {
-            "before_header": f"{doc['plan']}: mounts now",
-            "after_header": f"{doc['plan']}: mounts after apply",
-            "before": render_changes(doc["changes"], doc["kept"], "before"),
-            "after": render_changes(doc["changes"], doc["kept"], "after"),
-        }
-    if module.check_mode:
-        return result
-    # The saved plan records roots and state dir; apply refuses (exit 8) if the table moved since.
-    applied = run_json(
-        module, [command[0], "apply", saved[1], "--lock-timeout", str(params["lock_timeout"])], rename
-    )
+    timeout = ["--lock-timeout", str(params["lock_timeout"])]
+    result: dict[str, Any] = {}
+    if module.check_mode or module._diff:
+        saved = os.path.join(module.tmpdir, "saved-plan.json")
+        out = [] if module.check_mode else ["-o", saved]
+        doc = run_json(module, [command[0], "plan", *command[1:], *prune, *out], rename)
+        warn_foreign(module, doc)
+        result.update(
+            plan=doc["plan"],
+            summary=doc["summary"],
+            changes=doc["changes"],
+            kept=doc["kept"],
+            foreign=doc["foreign"],
+            changed=has_changes(doc),
+        )
+        if module._diff:
+            result["diff"] = {
+                "before_header": f"{doc['plan']}: mounts now",
+                "after_header": f"{doc['plan']}: mounts after apply",
+                "before": render_changes(doc["changes"], doc["kept"], "before"),
+                "after": render_changes(doc["changes"], doc["kept"], "after"),
+            }
+        if module.check_mode:
+            return result
+        # What was shown is what gets done: the saved plan pins the table it was computed
+        # from, and apply refuses (exit 8, nothing changed) if it moved in between.
+        argv = [command[0], "apply", saved, *timeout]
+    else:
+        # Nothing to show: apply plans under the state lock itself, so nothing can move in between.
+        argv = [command[0], "apply", *command[1:], *prune, *timeout]
+    applied = run_json(module, argv, rename)
     result.update({key: applied[key] for key in APPLY_KEYS})
+    result["plan"] = applied["plan"]
     result["state_file"] = applied["state_file"]
     result["changed"] = any(applied[key] for key in APPLY_KEYS if key != "unchanged")
     return result
 
 
-def ensure_absent(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, object]:
-    """Destroy what mountplan made for the plan instance (check mode: report what status lists)."""
+def ensure_absent(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, Any]:
+    """Destroy what mountplan made for the plan instance. Check and diff mode: ask status first what that is."""
     params = module.params
-    status = run_json(module, [*command[:1], "status", *command[1:]], rename)
-    mounts = status["mounts"]
-    result: dict[str, object] = {
-        "plan": status["plan"],
-        "state_file": status["state_file"],
-        "mounts": mounts,
-        "changed": bool(mounts),
-    }
-    if module._diff:
-        result["diff"] = {
-            "before_header": f"{status['plan']}: mounts now",
-            "after_header": f"{status['plan']}: mounts after destroy",
-            "before": "".join(f"{m['name']}  ({m['root']}:{m['target']})\n" for m in mounts),
-            "after": "",
-        }
-    if module.check_mode:
-        return result
+    result: dict[str, Any] = {}
+    if module.check_mode or module._diff:
+        status = run_json(module, [command[0], "status", *command[1:]], rename)
+        mounts = status["mounts"]
+        result.update(plan=status["plan"], state_file=status["state_file"], mounts=mounts, changed=bool(mounts))
+        if module._diff:
+            result["diff"] = {
+                "before_header": f"{status['plan']}: mounts now",
+                "after_header": f"{status['plan']}: mounts after destroy",
+                "before": "".join(f"{m['name']}  ({m['root']}:{m['target']})\n" for m in mounts),
+                "after": "",
+            }
+        if module.check_mode:
+            return result
     lazy = ["--lazy"] if params["lazy"] else []
     timeout = ["--lock-timeout", str(params["lock_timeout"])]
-    destroyed = run_json(module, [*command[:1], "destroy", *command[1:], *timeout, *lazy], rename)
+    destroyed = run_json(module, [command[0], "destroy", *command[1:], *timeout, *lazy], rename)
+    result["plan"] = destroyed["plan"]
     result["removed"] = destroyed["removed"]
     result["already_gone"] = destroyed["already_gone"]
     # Forgetting a mount that was already gone rewrites the state file: that is a change too.
