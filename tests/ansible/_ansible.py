@@ -38,6 +38,8 @@ needs_ansible = pytest.mark.skipif(
 def ansible_env(home: Path) -> dict[str, str]:
     """The environment for ansible-* commands: this collection, a private ANSIBLE_HOME, mountplan on PATH."""
     home.mkdir(exist_ok=True)
+    # Made beforehand, so the module does not warn that it had to make it.
+    (home / "remote-tmp").mkdir(mode=0o700, exist_ok=True)
     config = home / "ansible.cfg"
     config.write_text("[defaults]\n")  # no ansible.cfg from the working directory or the machine
     env = dict(os.environ)

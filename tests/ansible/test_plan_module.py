@@ -60,6 +60,7 @@ def test_apply_reports_changed_and_a_second_apply_unchanged(tmp_path: Path, root
     assert second["unchanged"] == ["scratch", "cache"] and second["created"] == []
     assert checked["changed"] is False
     assert "changed=1 " in run.stdout  # the play recap counts one changed task
+    assert "WARNING" not in run.stdout + run.stderr, run.stdout + run.stderr
     assert mounts_beneath(root_dir) == MOUNTED_V1
 
 
