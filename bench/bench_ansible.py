@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,10 +63,14 @@ def _playbook(base: str, name: str, task: dict[str, object]) -> str:
     return path
 
 
-def _time(argv: list[str], env: dict[str, str] | None = None) -> float:
+def _time(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU (user+system of the process and everything it waited for) seconds of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _bench(rounds: int) -> list[str]:
@@ -77,14 +82,14 @@ def _bench(rounds: int) -> list[str]:
         Path(plan).write_text(PLAN)
         cli = [str(BIN / "mountplan"), "-q"]
         common = [plan, "--root", f"r={root}", "--state-dir", state]
-        module = {"mountplan.mountplan.plan": {"plan": plan, "roots": {"r": root}, "state_dir": state}}
+        module: dict[str, object] = {"mountplan.mountplan.plan": {"plan": plan, "roots": {"r": root}, "state_dir": state}}
         apply_book = _playbook(base, "apply", module)
         true_book = _playbook(base, "true", {"ansible.builtin.command": "/bin/true"})
         playbook = [str(BIN / "ansible-playbook"), "-i", "localhost,"]
         defaults, pipelined = _env(base, False), _env(base, True)
-        times: dict[str, list[float]] = {}
+        times: dict[str, list[tuple[float, float]]] = {}
 
-        def record(label: str, seconds: float) -> None:
+        def record(label: str, seconds: tuple[float, float]) -> None:
             times.setdefault(label, []).append(seconds)
 
         for _ in range(rounds):
@@ -96,16 +101,18 @@ def _bench(rounds: int) -> list[str]:
                 record(f"ansible-playbook, module task (again), {label}", _time([*playbook, apply_book], env))
                 subprocess.run([*cli, "destroy", *common], check=True, stdout=subprocess.DEVNULL)
                 record(f"ansible-playbook, command /bin/true, {label}", _time([*playbook, true_book], env))
+        who = "root" if is_privileged() else "unprivileged (user namespace)"
         lines = [
-            f"kernel {os.uname().release}, python {sys.version.split()[0]}, "
-            f"{'root' if is_privileged() else 'unprivileged (user namespace)'}, {rounds} alternating rounds, wall time"
+            f"kernel {os.uname().release}, python {sys.version.split()[0]}, {who}, {rounds} alternating rounds; "
+            + "ratio = median CPU / median CPU of a fresh `mountplan apply`"
         ]
-        floor = statistics.median(times["mountplan apply (fresh)"])
-        for label, seconds in times.items():
-            median = statistics.median(seconds)
+        floor = statistics.median(cpu for _, cpu in times["mountplan apply (fresh)"])
+        for label, runs in times.items():
+            wall = statistics.median(w for w, _ in runs)
+            cpu = statistics.median(c for _, c in runs)
             lines.append(
-                f"  {label:<52} median {median * 1000:8.1f} ms  min {min(seconds) * 1000:8.1f} ms  "
-                f"{median / floor:5.1f}x"
+                f"  {label:<52} wall median {wall * 1000:7.0f} ms  min {min(w for w, _ in runs) * 1000:7.0f}  "
+                f"cpu median {cpu * 1000:7.0f} ms  {cpu / floor:5.1f}x"
             )
         return lines
     finally:

@@ -16,9 +16,10 @@ DOC = REPO / "docs" / "ansible.md"
 
 def _site_yml() -> str:
     """The page's playbook: its one ```yaml block that names hosts."""
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL) if "hosts:" in b]
-    assert len(blocks) == 1
-    return blocks[0]
+    blocks: list[str] = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    playbooks = [block for block in blocks if "hosts:" in block]
+    assert len(playbooks) == 1
+    return playbooks[0]
 
 
 def _playbook(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

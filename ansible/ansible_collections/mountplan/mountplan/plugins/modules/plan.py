@@ -265,7 +265,7 @@ problems:
 import os
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule  # type: ignore[import-untyped]
 from ansible_collections.mountplan.mountplan.plugins.module_utils.mountplan_cli import (
     MountplanFailure,
     has_changes,
