@@ -100,5 +100,6 @@ def test_the_collection_builds_with_mountplans_version(tmp_path: Path) -> None:
     artifact = tmp_path / f"mountplan-mountplan-{mountplan.__version__}.tar.gz"
     with tarfile.open(artifact) as tar:
         names = set(tar.getnames())
-    expected = {"MANIFEST.json", "meta/runtime.yml", "plugins/modules/plan.py", "plugins/module_utils/mountplan_cli.py"}
+    utils = {"plugins/module_utils/mountplan_cli.py", "plugins/module_utils/mountplan_state.py"}
+    expected = {"MANIFEST.json", "meta/runtime.yml", "plugins/modules/plan.py", *utils}
     assert expected <= names

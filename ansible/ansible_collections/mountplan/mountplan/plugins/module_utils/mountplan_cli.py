@@ -96,32 +96,3 @@ def run_json(module: Any, argv: list[str], rename: dict[str, str] | None = None)
             stderr=err,
         )
     raise MountplanFailure(f"mountplan {command} exited {rc}: {err.strip()}", rc=rc, stdout=out, stderr=err)
-
-
-def render_changes(changes: list[dict[str, Any]], kept: list[dict[str, Any]], side: str) -> str:
-    """One side (``before``: the live table, ``after``: once applied) of a change set, as diffable text.
-
-    A mount is a line ``NAME  (ROOT:TARGET)``, followed by each field that
-    differs with its live or planned value, so a unified diff of the two sides
-    shows ``+`` for a mount to create, ``-`` for one to remove and the changed
-    values of one to update; a replacement also says why on the ``after`` side.
-    """
-    lines: list[str] = []
-    for change in changes:
-        action = change["action"]
-        if (side == "before" and action == "create") or (side == "after" and action == "delete"):
-            continue
-        lines.append(f"{change['mount']}  ({change['root']}:{change['target']})")
-        for field in change["fields"]:
-            lines.append(f"    {field['field']}: {field['live' if side == 'before' else 'planned']}")
-        if side == "after" and action == "replace":
-            lines.append(f"    # replaced (-/+): {change['reason']}")
-    for change in kept:
-        lines.append(f"{change['mount']}  ({change['root']}:{change['target']})  # kept: no longer in the plan")
-    return "".join(f"{line}\n" for line in lines)
-
-
-def has_changes(doc: dict[str, Any]) -> bool:
-    """Whether a change set would change anything: a mount to add, change or destroy, or a journal to finish."""
-    summary = doc["summary"]
-    return bool(summary["add"] or summary["change"] or summary["destroy"] or doc["pending"])

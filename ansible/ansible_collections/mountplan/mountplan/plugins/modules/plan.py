@@ -263,17 +263,13 @@ problems:
 """
 
 import os
-from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule  # type: ignore[import-untyped]
-from ansible_collections.mountplan.mountplan.plugins.module_utils.mountplan_cli import (
-    MountplanFailure,
-    has_changes,
-    render_changes,
-    run_json,
+from ansible_collections.mountplan.mountplan.plugins.module_utils.mountplan_cli import MountplanFailure
+from ansible_collections.mountplan.mountplan.plugins.module_utils.mountplan_state import (
+    ensure_absent,
+    ensure_present,
 )
-
-APPLY_KEYS = ("created", "updated", "replaced", "pruned", "unchanged")
 
 
 def argument_spec() -> dict[str, dict[str, object]]:
@@ -317,85 +313,6 @@ def plan_file(module: AnsibleModule) -> tuple[str, dict[str, str]]:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(module.params["content"])
     return path, {path: "content"}
-
-
-def warn_foreign(module: AnsibleModule, doc: dict[str, Any]) -> None:
-    """A warning per mount beneath a root that mountplan did not make (it never touches them)."""
-    for mount in doc["foreign"]:
-        module.warn(
-            f"foreign mount at {mount['mount_point']} ({mount['fs_type']} {mount['source']}) "
-            f"near {mount['near']!r}: left alone"
-        )
-
-
-def ensure_present(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, Any]:
-    """Apply the plan. Check mode: plan only. Diff mode: plan, show it, then apply exactly that saved plan."""
-    params = module.params
-    prune = ["--prune"] if params["prune"] else []
-    timeout = ["--lock-timeout", str(params["lock_timeout"])]
-    result: dict[str, Any] = {}
-    if module.check_mode or module._diff:
-        saved = os.path.join(module.tmpdir, "saved-plan.json")
-        out = [] if module.check_mode else ["-o", saved]
-        doc = run_json(module, [command[0], "plan", *command[1:], *prune, *out], rename)
-        warn_foreign(module, doc)
-        result.update(
-            plan=doc["plan"],
-            summary=doc["summary"],
-            changes=doc["changes"],
-            kept=doc["kept"],
-            foreign=doc["foreign"],
-            changed=has_changes(doc),
-        )
-        if module._diff:
-            result["diff"] = {
-                "before_header": f"{doc['plan']}: mounts now",
-                "after_header": f"{doc['plan']}: mounts after apply",
-                "before": render_changes(doc["changes"], doc["kept"], "before"),
-                "after": render_changes(doc["changes"], doc["kept"], "after"),
-            }
-        if module.check_mode:
-            return result
-        # What was shown is what gets done: the saved plan pins the table it was computed
-        # from, and apply refuses (exit 8, nothing changed) if it moved in between.
-        argv = [command[0], "apply", saved, *timeout]
-    else:
-        # Nothing to show: apply plans under the state lock itself, so nothing can move in between.
-        argv = [command[0], "apply", *command[1:], *prune, *timeout]
-    applied = run_json(module, argv, rename)
-    result.update({key: applied[key] for key in APPLY_KEYS})
-    result["plan"] = applied["plan"]
-    result["state_file"] = applied["state_file"]
-    result["changed"] = any(applied[key] for key in APPLY_KEYS if key != "unchanged")
-    return result
-
-
-def ensure_absent(module: AnsibleModule, command: list[str], rename: dict[str, str]) -> dict[str, Any]:
-    """Destroy what mountplan made for the plan instance. Check and diff mode: ask status first what that is."""
-    params = module.params
-    result: dict[str, Any] = {}
-    if module.check_mode or module._diff:
-        status = run_json(module, [command[0], "status", *command[1:]], rename)
-        mounts = status["mounts"]
-        result.update(plan=status["plan"], state_file=status["state_file"], mounts=mounts, changed=bool(mounts))
-        if module._diff:
-            result["diff"] = {
-                "before_header": f"{status['plan']}: mounts now",
-                "after_header": f"{status['plan']}: mounts after destroy",
-                "before": "".join(f"{m['name']}  ({m['root']}:{m['target']})\n" for m in mounts),
-                "after": "",
-            }
-        if module.check_mode:
-            return result
-    lazy = ["--lazy"] if params["lazy"] else []
-    timeout = ["--lock-timeout", str(params["lock_timeout"])]
-    destroyed = run_json(module, [command[0], "destroy", *command[1:], *timeout, *lazy], rename)
-    result["plan"] = destroyed["plan"]
-    result["removed"] = destroyed["removed"]
-    result["already_gone"] = destroyed["already_gone"]
-    # Forgetting a mount that was already gone rewrites the state file: that is a change too.
-    result["changed"] = bool(destroyed["removed"] or destroyed["already_gone"])
-    return result
 
 
 def main() -> None:
