@@ -308,7 +308,7 @@ def plan_file(module: AnsibleModule) -> tuple[str, dict[str, str]]:
     if module.params["plan"] is not None:
         return module.params["plan"], {}
     path = os.path.join(module.tmpdir, "plan.yaml")
-    # `mountplan plan - -o FILE` cannot save a plan read from stdin: a file it is.
+    # Not stdin: diff mode saves the plan (`plan -o`), and a saved plan embeds its file's text.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(module.params["content"])
