@@ -197,6 +197,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mountplan.compiler import compile_apply
 
     if args.out:
+        if args.plan == STDIN:
+            # The saved plan embeds the plan file's text, read again by the engine.
+            raise UsageError("plan -o: a plan read from standard input cannot be saved; give the plan as a file")
         check_out_path(args.out)  # before anything is computed or printed
     plan = _load(args.plan)
     if args.out:
