@@ -3,7 +3,7 @@
 A profile is what a seccomp filter (:mod:`mountplan._kernel.seccomp`) answers in
 place of the real kernel, plus one fact no errno filter can fake: kernels before
 6.8 answer ``statx`` but leave ``STATX_MNT_ID_UNIQUE`` out of the mask. That one
-is a test seam in :func:`mountplan._kernel.syscalls.statx_mount_ids`, switched by
+is a test seam in :func:`mountplan._kernel.paths.statx_mount_ids`, switched by
 the ``MOUNTPLAN_KERNEL_PROFILE`` environment variable that ``scripts/emulate-kernel``
 exports next to installing the filter.
 
