@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+from mountplan.compile_steps import Edge, Step, StepKind
 from mountplan.errors import CompileError
 from mountplan.model import ObjectKind, ObjectSpec, Plan
-
-if TYPE_CHECKING:
-    from mountplan.compiler import Edge, Step
 
 __all__ = ["object_apply_chains", "object_destroy_chains", "object_edges"]
 
@@ -31,8 +28,6 @@ def _ancestors(path: str) -> Iterator[str]:
 
 def object_edges(plan: Plan) -> Iterator[Edge]:
     """Ordering edges between objects and mounts (and between objects); CompileError for impossible ones."""
-    from mountplan.compiler import Edge
-
     mounts = {(m.root, m.target): m.name for m in plan.mounts}
     objects: dict[tuple[str, str], ObjectSpec] = {}
     for obj in plan.objects:
@@ -74,8 +69,6 @@ _Args = tuple[tuple[str, str], ...]
 
 def object_apply_chains(objects: tuple[ObjectSpec, ...]) -> dict[str, list[Step]]:
     """Each object's apply steps: resolve_parent, then mkdirat / openat_create / symlinkat, fchown, fchmod."""
-    from mountplan.compiler import Step, StepKind
-
     chains: dict[str, list[Step]] = {}
     for obj in objects:
         target: _Args = (("target", f"{obj.root}:{obj.path}"),)
@@ -98,8 +91,6 @@ def object_apply_chains(objects: tuple[ObjectSpec, ...]) -> dict[str, list[Step]
 
 def object_destroy_chains(objects: tuple[ObjectSpec, ...]) -> dict[str, list[Step]]:
     """Each object's destroy step: unlinkat, only if it is still the inode apply made."""
-    from mountplan.compiler import Step, StepKind
-
     return {
         obj.name: [
             Step(f"{obj.name}#00:unlinkat", StepKind.UNLINKAT, obj.name, obj.root,
