@@ -7,100 +7,62 @@ Pure data in, data out: the diff never calls the kernel. Actions are the glyphs
 propagation, fspick + reconfigure for superblock options), ``-/+`` replace,
 ``-`` destroy (made by mountplan, no longer planned), and no-op.
 A mount mountplan did not make is never an action: it is reported as foreign.
+
+This module classifies (:func:`diff`) and holds the result (:class:`ChangeSet`,
+:func:`render`); the per-field comparison is :mod:`mountplan.field_diff` and
+the records are :mod:`mountplan.change_records`, both importable from here.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mountplan._fsopts import options_differ
 from mountplan._idmap_drift import IdmapEvidence, idmap_differences
-from mountplan._kernel.constants import MOUNT_ATTR_ATIME_MASK, MountAttr
-from mountplan._kernel.constants import Propagation as KernelPropagation
-from mountplan.livetable import LiveMount, LiveTable
-from mountplan.model import ATIME_ATTRS, MountKind, MountSpec, Plan, Propagation
+from mountplan._kernel.constants import MountAttr
+from mountplan.change_records import (
+    GONE,
+    OBJECT_GONE,
+    OBJECT_REPLACED,
+    Action,
+    Change,
+    FieldChange,
+    ForeignMount,
+)
+from mountplan.field_diff import (
+    RECONFIGURABLE,
+    REPLACE_ON_CHANGE,
+    SUPERBLOCK_RW,
+    compare,
+    forces_replacement,
+    subtree_fields,
+)
+from mountplan.livetable import LiveMount, LiveTable, descendants, mount_key
+from mountplan.model import MountKind, Plan
 
-__all__ = ["Action", "Change", "ChangeSet", "FieldChange", "ForeignMount", "descendants", "diff", "mount_key", "subtree_fields"]
+__all__ = [
+    "GONE",
+    "OBJECT_GONE",
+    "OBJECT_REPLACED",
+    "RECONFIGURABLE",
+    "REPLACE_ON_CHANGE",
+    "SUPERBLOCK_RW",
+    "Action",
+    "Change",
+    "ChangeSet",
+    "FieldChange",
+    "ForeignMount",
+    "compare",
+    "descendants",
+    "diff",
+    "forces_replacement",
+    "mount_key",
+    "render",
+    "subtree_fields",
+]
 
 FORMAT_VERSION = 1
-
-#: Reason of a CREATE whose earlier mount vanished (drift), unlike a never-applied one.
-GONE = "the mount mountplan made is gone"
-#: Reasons of a CREATE of a planned object that is drift: it vanished, or something else took its path.
-OBJECT_GONE = "the object mountplan made is gone"
-OBJECT_REPLACED = "the object mountplan made was replaced by something it did not make"
-
-#: The attribute bits a plan controls (IDMAP is not plan-controlled).
-_PLANNED_BITS = (
-    MountAttr.RDONLY
-    | MountAttr.NOSUID
-    | MountAttr.NODEV
-    | MountAttr.NOEXEC
-    | MountAttr.NODIRATIME
-    | MountAttr.NOSYMFOLLOW
-    | MountAttr(MOUNT_ATTR_ATIME_MASK)
-)
-
-
-class Action(enum.Enum):
-    NOOP = " "
-    CREATE = "+"
-    UPDATE = "~"
-    REPLACE = "-/+"
-    DELETE = "-"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldChange:
-    """One differing field: ``attrs``, ``propagation``, ``options``, ``fs_type``, ``source``."""
-
-    field: str
-    planned: str
-    live: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"field": self.field, "planned": self.planned, "live": self.live}
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignMount:
-    """A mount mountplan did not make, on or beneath a planned target."""
-
-    mount_point: str
-    fs_type: str
-    source: str
-    near: str  # the planned mount it sits on/under
-
-    def to_json(self) -> dict[str, str]:
-        return {"mount_point": self.mount_point, "fs_type": self.fs_type, "source": self.source, "near": self.near}
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What apply will do for one mount, and why."""
-
-    mount: str
-    root: str
-    target: str
-    action: Action
-    fields: tuple[FieldChange, ...] = ()
-    reason: str = ""
-    mnt_id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "mount": self.mount,
-            "root": self.root,
-            "target": self.target,
-            "action": self.action.name.lower(),
-            "symbol": self.action.value,
-            "fields": [f.to_json() for f in self.fields],
-            "reason": self.reason,
-            "mnt_id": self.mnt_id,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,101 +123,6 @@ class ChangeSet:
             "pending": list(self.pending),
             "summary": {"add": add, "change": change, "destroy": destroy},
         }
-
-
-def _attr_text(flags: MountAttr) -> str:
-    names = []
-    if flags & MountAttr.RDONLY:
-        names.append("ro")
-    for flag, name in (
-        (MountAttr.NOSUID, "nosuid"),
-        (MountAttr.NODEV, "nodev"),
-        (MountAttr.NOEXEC, "noexec"),
-        (MountAttr.NODIRATIME, "nodiratime"),
-        (MountAttr.NOSYMFOLLOW, "nosymfollow"),
-    ):
-        if flags & flag:
-            names.append(name)
-    atime = int(flags) & MOUNT_ATTR_ATIME_MASK
-    names.append({0: "relatime", int(MountAttr.NOATIME): "noatime", int(MountAttr.STRICTATIME): "strictatime"}.get(atime, hex(atime)))
-    return ",".join(names)
-
-
-#: Options a filesystem changes on reconfigure (fspick + FSCONFIG_CMD_RECONFIGURE)
-#: and shows back; any other option change needs a new mount ("forces replacement").
-#: tmpfs ignores mode/uid/gid on reconfigure (kernel.md); overlayfs refuses it.
-RECONFIGURABLE: dict[str, frozenset[str]] = {
-    "tmpfs": frozenset({"size", "nr_blocks", "nr_inodes", "huge", "mpol", "noswap"}),
-    "proc": frozenset({"hidepid", "gid", "subset"}),
-    "devpts": frozenset({"mode", "ptmxmode", "gid", "uid", "max"}),
-}
-#: Filesystems whose superblock mountplan creates writable (an overlay without an
-#: upper layer, for one, is read-only by nature): a read-only one is drift.
-SUPERBLOCK_RW = frozenset({"tmpfs", "ramfs", "devpts", "mqueue"})
-#: Replaced, never updated in place, whatever changed in their definition.
-REPLACE_ON_CHANGE = frozenset({"overlay"})
-
-
-def forces_replacement(fs_type: str | None, option_key: str, planned: str | None) -> bool:
-    """An option difference that reconfigure cannot fix: not reconfigurable, or dropped from the plan."""
-    return planned is None or option_key not in RECONFIGURABLE.get(fs_type or "", frozenset())
-
-
-def _planned_options(spec: MountSpec) -> dict[str, str | None]:
-    return {opt.key: opt.value for opt in spec.options}
-
-
-def _expected_propagation(mode: Propagation, live: LiveMount) -> bool:
-    want = mode.kernel_value
-    if want is KernelPropagation.SLAVE:
-        # Without a master the kernel makes a "slave" private (kernel.md).
-        return live.propagation in {KernelPropagation.SLAVE, KernelPropagation.PRIVATE}
-    return bool(live.propagation == want)
-
-
-def compare(spec: MountSpec, live: LiveMount) -> tuple[Action, tuple[FieldChange, ...]]:
-    """How a live mount made for ``spec`` differs from it."""
-    fields: list[FieldChange] = []
-    if spec.kind is MountKind.FILESYSTEM:
-        if live.fs_type != spec.fs_type:
-            fields.append(FieldChange("fs_type", str(spec.fs_type), live.fs_type))
-        want_source = spec.source or spec.fs_type or ""
-        if live.source != want_source:
-            fields.append(FieldChange("source", want_source, live.source))
-        if fields:
-            return Action.REPLACE, tuple(fields)
-        replace: list[FieldChange] = []
-        if spec.fs_type not in REPLACE_ON_CHANGE:
-            for key, planned, have in options_differ(spec.fs_type or "", _planned_options(spec), live.super_options):
-                change = FieldChange(f"options.{key}", planned or "(absent)", have or "(absent)")
-                (replace if forces_replacement(spec.fs_type, key, planned) else fields).append(change)
-        if replace:
-            return Action.REPLACE, tuple(replace)
-        if live.super_readonly and spec.fs_type in SUPERBLOCK_RW:
-            # `mount -o remount,ro` makes the *superblock* read-only: clearing the
-            # mount's ro attribute leaves writes failing with EROFS (kernel.md).
-            fields.append(FieldChange("superblock", "rw", "ro"))
-        want_attrs = spec.kernel_attrs
-        have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
-        if want_attrs != have_attrs:
-            fields.append(FieldChange("attrs", _attr_text(want_attrs), _attr_text(have_attrs)))
-    else:
-        # A bind inherits whatever the source had; the plan only adds flags.
-        want_attrs = spec.kernel_attrs
-        missing = MountAttr(int(want_attrs) & ~int(live.attrs) & ~MOUNT_ATTR_ATIME_MASK)
-        atime_ok = not (spec.attrs & ATIME_ATTRS) or (
-            int(live.attrs) & MOUNT_ATTR_ATIME_MASK == int(want_attrs) & MOUNT_ATTR_ATIME_MASK
-        )
-        if missing or not atime_ok:
-            have_attrs = MountAttr(int(live.attrs) & int(_PLANNED_BITS))
-            # What the bind will have: its flags plus the planned ones (its atime
-            # mode unless the plan names one), not the planned flags alone.
-            keep = int(have_attrs) & ~MOUNT_ATTR_ATIME_MASK if spec.attrs & ATIME_ATTRS else int(have_attrs)
-            will_have = MountAttr(keep | int(want_attrs))
-            fields.append(FieldChange("attrs", _attr_text(will_have), _attr_text(have_attrs)))
-    if not _expected_propagation(spec.propagation, live):
-        fields.append(FieldChange("propagation", spec.propagation.value, live.propagation.name.lower()))
-    return (Action.UPDATE if fields else Action.NOOP), tuple(fields)
 
 
 def _find(live: LiveTable, entry: tuple[Any, ...]) -> LiveMount | None:
@@ -350,24 +217,6 @@ def diff(
     return ChangeSet(plan.name, tuple(changes), tuple(foreign), tuple(kept))
 
 
-def subtree_fields(spec: MountSpec, live: LiveTable, ours: LiveMount) -> tuple[FieldChange, ...]:
-    """A recursive bind's attributes hold for every submount (documented): each one lacking them is drift.
-
-    Shown as ``attrs.beneath:<mount point>``; apply fixes the tree with AT_RECURSIVE.
-    """
-    if spec.bind is None or not spec.bind.recursive:
-        return ()
-    want = MountAttr(int(spec.kernel_attrs) & ~MOUNT_ATTR_ATIME_MASK)
-    if not want:
-        return ()
-    out = []
-    for m in sorted(descendants(live, ours), key=lambda m: m.mount_point):
-        if int(want) & ~int(m.attrs):
-            have = MountAttr(int(m.attrs) & int(_PLANNED_BITS))
-            out.append(FieldChange(f"attrs.beneath:{m.mount_point}", _attr_text(want), _attr_text(have)))
-    return tuple(out)
-
-
 def _cascade(changes: list[Change]) -> list[Change]:
     """A mount (re)created over planned mounts that exist beneath it replaces them too, after it.
 
@@ -383,30 +232,6 @@ def _cascade(changes: list[Change]) -> list[Change]:
                        f"cascade: {parent.mount!r} beneath which it lies is {parent.action.name.lower()}d", c.mnt_id)
         out.append(c)
     return out
-
-
-def descendants(table: LiveTable, mount: LiveMount) -> list[LiveMount]:
-    """Every mount attached (directly or not) beneath ``mount``, from the real parent links."""
-    key = mount_key(mount)
-    children: dict[int, list[LiveMount]] = {}
-    for m in table:
-        parent = table.parent(m)
-        if parent is not None and parent is not m:
-            children.setdefault(mount_key(parent), []).append(m)
-    out: list[LiveMount] = []
-    todo = list(children.get(key, ()))
-    while todo:
-        m = todo.pop()
-        out.append(m)
-        todo.extend(children.get(mount_key(m), ()))
-    return out
-
-
-def mount_key(m: LiveMount) -> int:
-    """A mount's id in the table's own id space (unique where the table has them)."""
-    return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
-
-
 
 
 def _foreign_beneath(

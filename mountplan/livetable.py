@@ -21,7 +21,9 @@ __all__ = [
     "LiveMount",
     "LiveTable",
     "TableSource",
+    "descendants",
     "escape_mountinfo",
+    "mount_key",
     "parse_mountinfo",
     "read_live_table",
     "read_mountinfo",
@@ -148,3 +150,25 @@ def read_live_table(source: TableSource = TableSource.AUTO, *, beneath: Sequence
             if exc.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
     return LiveTable(tuple(read_mountinfo(beneath=beneath)), TableSource.MOUNTINFO)
+
+
+def descendants(table: LiveTable, mount: LiveMount) -> list[LiveMount]:
+    """Every mount attached (directly or not) beneath ``mount``, from the real parent links."""
+    key = mount_key(mount)
+    children: dict[int, list[LiveMount]] = {}
+    for m in table:
+        parent = table.parent(m)
+        if parent is not None and parent is not m:
+            children.setdefault(mount_key(parent), []).append(m)
+    out: list[LiveMount] = []
+    todo = list(children.get(key, ()))
+    while todo:
+        m = todo.pop()
+        out.append(m)
+        todo.extend(children.get(mount_key(m), ()))
+    return out
+
+
+def mount_key(m: LiveMount) -> int:
+    """A mount's id in the table's own id space (unique where the table has them)."""
+    return m.mnt_id if m.mnt_id is not None else m.mnt_id_old
