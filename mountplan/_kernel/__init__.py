@@ -8,6 +8,7 @@ owned :class:`Fd`, flag enums that render by name, and
 from __future__ import annotations
 
 from .constants import (
+    AT_FDCWD,
     AtFlag,
     FsmountFlag,
     FsopenFlag,
@@ -55,6 +56,7 @@ from .syscalls import (
 from .userns import make_userns, open_userns, userns_identity
 
 __all__ = [
+    "AT_FDCWD",
     "AtFlag",
     "BorrowedFd",
     "Fd",

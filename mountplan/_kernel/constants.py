@@ -11,6 +11,9 @@ import enum
 import functools
 import os
 
+#: The dirfd that means "the caller's cwd" (<linux/fcntl.h>): an absolute path ignores it.
+AT_FDCWD = -100
+
 
 class FsopenFlag(enum.IntFlag):
     CLOEXEC = 0x1

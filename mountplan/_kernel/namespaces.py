@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from mountplan.errors import KernelError
 
 from . import _libc
-from .constants import AtFlag, Propagation, flag_names
+from .constants import AT_FDCWD, AtFlag, Propagation, flag_names
 from .fd import Fd
 from .syscalls import mount_setattr
-
-_AT_FDCWD = -100
 
 # prctl(2) options; prctl is not among the _libc exports, so it is bound here.
 _PR_SET_PDEATHSIG = 1
@@ -95,7 +93,7 @@ def make_mounts_private() -> None:
     other error is real and raised as is.
     """
     try:
-        mount_setattr(_AT_FDCWD, "/", AtFlag.RECURSIVE, propagation=Propagation.PRIVATE)
+        mount_setattr(AT_FDCWD, "/", AtFlag.RECURSIVE, propagation=Propagation.PRIVATE)
     except KernelError as exc:
         if exc.errno not in (errno.ENOSYS, errno.EPERM):
             raise

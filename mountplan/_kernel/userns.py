@@ -5,7 +5,8 @@ To make one, a child is forked that unshares ``CLONE_NEWUSER`` and waits; the
 parent writes its ``setgroups``/``uid_map``/``gid_map`` (a process cannot map
 itself beyond its own id, so the writer must stay in the parent namespace: the
 kernel checks the *opener's* capabilities, kernel/user_namespace.c
-new_idmap_permitted), opens ``/proc/PID/ns/user`` and lets the child exit. The
+new_idmap_permitted), opens ``/proc/PID/ns/user`` and releases the child
+explicitly (not by pipe EOF, which a fork in another thread would delay). The
 namespace lives on in the fd and, once set, in the mount.
 
 ``/proc`` may belong to another pid namespace than ours (a sandbox that made a
@@ -21,6 +22,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
 import struct
 
 from mountplan.errors import KernelError
@@ -46,7 +48,7 @@ def make_userns(uid_map: str, gid_map: str) -> Fd:
             os.close(release_w)
             err = 0 if _libc.unshare(CLONE_NEWUSER) == 0 else ctypes.get_errno()
             os.write(status_w, struct.pack("<i", err))
-            os.read(release_r, 1)  # EOF once the parent is done (or gone)
+            os.read(release_r, 1)  # a byte from the parent when it is done, or EOF if it is gone
         finally:
             os._exit(0)
     os.close(status_w)
@@ -67,8 +69,28 @@ def make_userns(uid_map: str, gid_map: str) -> Fd:
             raise KernelError(exc.errno or errno.EIO, "open", paths=[path]) from None
     finally:
         os.close(status_r)
-        os.close(release_w)
+        _release(pid, release_w)
         _reap(pid)
+
+
+def _release(pid: int, release_w: int) -> None:
+    """Let the child go explicitly: EOF alone never comes while a fork elsewhere holds a copy of ``release_w``.
+
+    Any fork in another thread of this process (another make_userns, the runner's
+    helper) inherits the pipe (O_CLOEXEC acts only at exec), and waitpid would
+    then wait as long as that process lives. The byte releases the child; the
+    SIGKILL makes sure (it is our unreaped child, so the pid cannot be another's).
+    """
+    try:
+        os.write(release_w, b"\0")
+    except OSError:
+        pass  # EPIPE: the child is gone already
+    finally:
+        os.close(release_w)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # pragma: no cover - an unreaped child can always be signalled
+        pass
 
 
 def _reap(pid: int) -> None:

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mountplan._kernel import AtFlag, BorrowedFd, Fd, MountAttr, MoveMountFlag, OpenFlag, OpenTreeFlag
+from mountplan._kernel import AtFlag, BorrowedFd, Fd, MountAttr, MoveMountFlag, OpenFlag
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan.compiler import Step, StepKind
-from mountplan.errors import ExecutionError, KernelError, RootError
+from mountplan.errors import ExecutionError, KernelError
 from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table, statmount_live
 from mountplan.model import OVERLAY_PATH_KEYS, Attr, IdMapping, MountKind, MountpointKind, MountSpec
 
 from .attrs import has_mount_setattr, set_attrs
+from .bind_source import bind_source_path, clone_bind_source
 from .context import Context
 from .idmap import make_userns_for, set_idmap
 from .mountpoint import MountpointMaker, no_symlink
@@ -34,7 +35,6 @@ from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
 from .unmount import find_mount
 
-AT_FDCWD = -100
 _EMPTY_PATH = AtFlag.EMPTY_PATH
 _EMPTY_PATH_RECURSIVE = AtFlag.EMPTY_PATH | AtFlag.RECURSIVE
 _MOVE_FDS = MoveMountFlag.F_EMPTY_PATH | MoveMountFlag.T_EMPTY_PATH
@@ -150,24 +150,7 @@ class Attacher:
         h.fs.close()
 
     def _open_tree(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
-        k = self.ctx.backend
-        assert spec.bind is not None
-        flags = OpenTreeFlag.CLONE | OpenTreeFlag.CLOEXEC
-        if spec.bind.recursive:
-            flags |= OpenTreeFlag.RECURSIVE
-        ref = spec.bind.source
-        if ref.root is None:
-            h.mnt = k.open_tree(AT_FDCWD, ref.path, flags)
-        else:
-            src_root = self.rootset.get(ref.root)
-            if src_root is None:
-                raise RootError(f"mount {spec.name!r}: bind source root {ref.root!r} is not open")
-            src = resolve(k, src_root, ref.path, O_PATH_ANY)
-            try:
-                h.mnt = k.open_tree(src.fileno(), "", flags | OpenTreeFlag.EMPTY_PATH)
-            finally:
-                src.close()
-        assert h.mnt is not None
+        h.mnt = clone_bind_source(self.ctx, spec, self.rootset)
         h.source_is_file = not stat.S_ISDIR(os.fstat(h.mnt.fileno()).st_mode)
 
     def _userns(self, step: Step, spec: MountSpec, root: RootHandle, h: Handles) -> None:
@@ -257,11 +240,7 @@ class Attacher:
             set_attrs(self.ctx, h.mnt.fileno(), *h.pending_attrs, shown=shown)
 
     def source_path(self, spec: MountSpec) -> str:
-        assert spec.bind is not None
-        ref = spec.bind.source
-        if ref.root is None:
-            return ref.path
-        return f"{self.rootset[ref.root].identity.path.rstrip('/')}/{ref.path}"
+        return bind_source_path(spec, self.rootset)
 
     def _check_parent(self, spec: MountSpec, target: Fd, shown: str) -> None:
         """Refuse to attach on a shared mount that is not ours: the mount would propagate to its peers.

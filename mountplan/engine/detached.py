@@ -13,9 +13,10 @@ it (:mod:`.detached_fallback`).
 There is no state file and no journal: nothing is in any mount table, so
 nothing can be left behind by a crash: when the last fd of the tree closes
 (ours, or the process's at exit), the kernel dissolves every mount in it. The
-only thing a tree writes outside itself is a missing mountpoint directory (or
-file) in a root's own filesystem; :meth:`DetachedTree.close` removes those,
-checked by inode, beneath the root, after the tree is closed.
+only things a tree writes outside itself are missing mountpoints and planned
+objects in a root's own filesystem (those inside the tree's mounts go with it);
+:meth:`DetachedTree.close` removes them, checked by inode, beneath the root,
+after the tree is closed.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from mountplan._log import EventLogger, structured_logger
 from mountplan.compiler import CompiledPlan, Step
 from mountplan.errors import ExecutionError, KernelError, MountplanError
 from mountplan.livetable import LiveTable, TableSource
-from mountplan.model import Plan
+from mountplan.model import ObjectKind, ObjectSpec, Plan
 
 from .attach import Attacher, Handles
 from .attrs import has_mount_setattr, required_for, set_attrs
 from .context import Context
 from .detached_steps import TreeSteps
 from .fingerprint import compiled_for
+from .objects import ObjectHandles, ObjectMaker
 from .preflight import require_overlay_keys
 from .removal import remove_created
 from .roots import RootHandle, RootSet, open_roots, root_paths, roots_used
@@ -154,7 +156,7 @@ class DetachedTree:
 class BuildProgress:
     """What a build has done so far: the handles of each mount's chain and the step running."""
 
-    handles: list[tuple[str, Handles]] = field(default_factory=list)
+    handles: list[tuple[str, Handles | ObjectHandles]] = field(default_factory=list)
     step: Step | None = None
 
     def close_all(self) -> None:
@@ -189,22 +191,57 @@ class _NoJournal:
 
 def run_chains(ctx: Context, plan: Plan, compiled: CompiledPlan, trees: RootSet, *, detached_tree: bool,
                progress: BuildProgress) -> None:
-    """Run every planned mount's chain, in mount order, into ``trees`` (root name -> tree root)."""
+    """Run every planned mount's and object's chain, in the compiler's order, into ``trees`` (root name -> tree root)."""
     tx = Transaction(cast(StateStore, _NoJournal()))
-    steps = TreeSteps(Attacher(ctx, tx, trees, _NO_TABLE), detached_tree)
+    attacher = Attacher(ctx, tx, trees, _NO_TABLE)
+    steps = TreeSteps(attacher, detached_tree)
+    objects = ObjectMaker(ctx, tx, trees)
     specs = {m.name: m for m in plan.mounts}
-    for name in compiled.mount_order:
-        spec = specs[name]
-        handles = Handles()
-        progress.handles.append((spec.root, handles))
-        for step in compiled.chain(name):
-            progress.step = step
-            steps.run_step(step, spec, handles)
-        handles.close()
+    object_specs = {o.name: o for o in plan.objects}
+    try:
+        for name in compiled.mount_order:
+            progress.step = None  # a failure between chains must not blame the previous one's last step
+            obj = object_specs.get(name)
+            if obj is not None:
+                _run_object(objects, compiled, obj, progress)
+                continue
+            spec = specs[name]
+            handles = Handles()
+            progress.handles.append((spec.root, handles))
+            for step in compiled.chain(name):
+                progress.step = step
+                steps.run_step(step, spec, handles)
+            handles.close()
+    finally:
+        attacher.close()  # the user-namespace fds of idmapped binds
     progress.step = None
 
 
-#: The kernel's answer to moves_between_detached, once asked.
+def _run_object(maker: ObjectMaker, compiled: CompiledPlan, spec: ObjectSpec, progress: BuildProgress) -> None:
+    """Make one planned object beneath its tree; what it wrote into a root's own directory is removed on close.
+
+    An object inside one of the tree's mounts goes with the tree; one in the
+    root's filesystem (and the directories made for it) is recorded by inode
+    like a mountpoint, so :meth:`DetachedTree.close` removes exactly that.
+    """
+    handles = ObjectHandles()
+    progress.handles.append((spec.root, handles))
+    try:
+        for step in compiled.chain(spec.name):
+            progress.step = step
+            maker.run_step(step, spec, handles)
+    finally:
+        if handles.ino:  # made, even if a later step (fchmod) failed
+            handles.created.append({"op": _MADE_OP[spec.kind], "path": spec.path, "dev": handles.dev,
+                                    "ino": handles.ino, "link": spec.link or ""})
+        handles.close()
+
+
+_MADE_OP = {ObjectKind.DIRECTORY: "mkdir", ObjectKind.FILE: "mkfile", ObjectKind.SYMLINK: "mklink"}
+
+
+#: The kernel's answer to moves_between_detached, once asked. No lock: two threads
+#: racing here both ask the kernel (the probe is idempotent) and store the same answer.
 _MOVES: bool | None = None
 
 
@@ -271,7 +308,7 @@ def build_detached(
             detect().require("mount_setattr")
         # Our own fds of the roots: mountpoints are removed beneath them after the
         # tree is gone, even if the caller closed the fd it gave us by then.
-        origins = {name: _own_copy(handle) for name, handle in rootset.items()}
+        origins = _own_copies(rootset)
         try:
             if mech is Mechanism.DETACHED_MOVES:
                 trees = _build_with_moves(ctx, plan, compiled, rootset, progress)
@@ -322,10 +359,20 @@ def _build_with_moves(ctx: Context, plan: Plan, compiled: CompiledPlan, rootset:
     return trees
 
 
-def _own_copy(handle: RootHandle) -> RootHandle:
-    raw = os.dup(handle.fileno())
-    os.set_inheritable(raw, False)
-    return RootHandle(handle.name, Fd(raw, f"root:{handle.name}"), handle.identity, owned=True)
+def _own_copies(rootset: RootSet) -> dict[str, RootHandle]:
+    """A dup of every root's fd, all or none (a failed dup, EMFILE, closes the ones made)."""
+    copies: dict[str, RootHandle] = {}
+    try:
+        for name, handle in rootset.items():
+            raw = os.dup(handle.fileno())
+            # Owned at once: from here the fd is closed with the handle.
+            copies[name] = RootHandle(name, Fd(raw, f"root:{name}"), handle.identity, owned=True)
+            os.set_inheritable(raw, False)
+    except BaseException:
+        for copy in copies.values():
+            copy.close()
+        raise
+    return copies
 
 
 def remove_made(ctx: Context, created: list[tuple[str, dict[str, Any]]], origins: Mapping[str, RootHandle]) -> list[str]:

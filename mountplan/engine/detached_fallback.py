@@ -27,7 +27,7 @@ import errno
 import threading
 from typing import TYPE_CHECKING
 
-from mountplan._kernel import Fd, MoveMountFlag, OpenTreeFlag
+from mountplan._kernel import AT_FDCWD, Fd, MoveMountFlag, OpenTreeFlag
 from mountplan._kernel import Propagation as KernelPropagation
 from mountplan._kernel.namespaces import CloneFlag, make_mounts_private, unshare
 from mountplan.compiler import CompiledPlan
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from .detached import BuildProgress
 
 _CLONE_TREE = OpenTreeFlag.CLONE | OpenTreeFlag.CLOEXEC | OpenTreeFlag.RECURSIVE | OpenTreeFlag.EMPTY_PATH
-AT_FDCWD = -100
 
 
 def refuse_unbindable(plan: Plan) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from mountplan._idmap_drift import IdmapEvidence
-from mountplan._kernel import AtFlag, Fd, MountAttr, userns_identity
+from mountplan._kernel import AT_FDCWD, AtFlag, Fd, MountAttr, userns_identity
 from mountplan._kernel.statmount import statmount_idmap
 from mountplan.errors import KernelError
 from mountplan.livetable import LiveMount, LiveTable, TableSource, read_live_table
@@ -42,7 +42,6 @@ class SourceLookup(Protocol):
 
 __all__ = ["SourceLookup", "idmap_evidence", "make_userns_for", "set_idmap"]
 
-_AT_FDCWD = -100
 _INITIAL_UID_MAP = ["0", "0", "4294967295"]
 
 
@@ -160,7 +159,7 @@ def _source_mount(attacher: SourceLookup, spec: MountSpec) -> LiveMount | None:
     ref = spec.bind.source
     try:
         if ref.root is None:
-            ids = backend.statx_mount_ids(_AT_FDCWD, ref.path, AtFlag(0))
+            ids = backend.statx_mount_ids(AT_FDCWD, ref.path, AtFlag(0))
         else:
             fd = resolve(backend, attacher.rootset[ref.root], ref.path, O_PATH_ANY)
             try:

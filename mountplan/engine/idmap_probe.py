@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import errno
 
-from mountplan._kernel import Fd, MountAttr, OpenTreeFlag
-from mountplan.errors import KernelError
+from mountplan._kernel import Fd, MountAttr
+from mountplan.errors import KernelError, RootError
 from mountplan.livetable import LiveMount, read_live_table
 from mountplan.model import IdMapping, MountSpec
 
+from .bind_source import bind_source_path, clone_bind_source
 from .context import Context
 from .idmap import make_userns_for, set_idmap
-from .roots import O_PATH_ANY, RootSet, resolve
+from .roots import RootSet
 
 __all__ = ["idmap_problem"]
-
-_AT_FDCWD = -100
 
 
 class _Probe:
@@ -36,11 +35,7 @@ class _Probe:
         return table.by_id(mnt_id) if unique else table.by_old_id(mnt_id)
 
     def source_path(self, spec: MountSpec) -> str:
-        assert spec.bind is not None
-        ref = spec.bind.source
-        if ref.root is None:
-            return ref.path
-        return f"{self.rootset[ref.root].identity.path.rstrip('/')}/{ref.path}"
+        return bind_source_path(spec, self.rootset)
 
 
 def idmap_problem(ctx: Context, spec: MountSpec, rootset: RootSet, usernses: dict[IdMapping, Fd]) -> str:
@@ -69,26 +64,11 @@ def idmap_problem(ctx: Context, spec: MountSpec, rootset: RootSet, usernses: dic
 
 
 def _clone(ctx: Context, spec: MountSpec, rootset: RootSet) -> Fd | None:
-    """A detached clone of the source, as apply makes it (None: no capability here, or not there yet)."""
-    assert spec.bind is not None
-    k = ctx.backend
-    flags = OpenTreeFlag.CLONE | OpenTreeFlag.CLOEXEC
-    if spec.bind.recursive:
-        flags |= OpenTreeFlag.RECURSIVE
-    ref = spec.bind.source
+    """A detached clone of the source, made by apply's own code (None: no capability here, or not there yet)."""
     try:
-        if ref.root is None:
-            clone: Fd = k.open_tree(_AT_FDCWD, ref.path, flags)
-            return clone
-        root = rootset.get(ref.root)
-        if root is None:
-            return None
-        src = resolve(k, root, ref.path, O_PATH_ANY)
-        try:
-            clone = k.open_tree(src.fileno(), "", flags | OpenTreeFlag.EMPTY_PATH)
-            return clone
-        finally:
-            src.close()
+        return clone_bind_source(ctx, spec, rootset)
+    except RootError:
+        return None  # the source's root is not open in this plan run
     except KernelError as exc:
         if exc.errno in {errno.EPERM, errno.ENOENT, errno.ENOTDIR}:
             return None  # no CAP_SYS_ADMIN (plan without --unshare), or made by an earlier mount of the apply

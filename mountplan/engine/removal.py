@@ -167,7 +167,8 @@ def remove_created(ctx: Context, created: Sequence[dict[str, Any]], root: RootHa
     """
     for item in reversed(created):
         try:
-            remove_path(ctx, root, str(item["op"]), str(item["path"]), int(item["dev"]), int(item["ino"]))
+            remove_path(ctx, root, str(item["op"]), str(item["path"]), int(item["dev"]), int(item["ino"]),
+                        link=str(item.get("link", "")))
         except ExecutionError as exc:
             log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason=str(exc))
         except KernelError as exc:

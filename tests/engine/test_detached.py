@@ -31,7 +31,17 @@ from mountplan.engine.backend import KernelBackend
 from mountplan.engine.context import Context
 from mountplan.engine.detached import DetachedTree, Mechanism, build_detached
 from mountplan.errors import ExecutionError, FeatureMissingError, KernelError
-from mountplan.model import Attr, MountSpec, Option, Plan, Propagation, RootSpec, SourceRef
+from mountplan.model import (
+    Attr,
+    MountSpec,
+    ObjectKind,
+    ObjectSpec,
+    Option,
+    Plan,
+    Propagation,
+    RootSpec,
+    SourceRef,
+)
 
 pytestmark = [pytest.mark.mountns, pytest.mark.kernelreach, needs_engine]
 
@@ -386,3 +396,67 @@ def test_kernel_fact_mount_setattr_refuses_a_mount_inside_a_detached_tree() -> N
     assert refused.value.errno == errno.EINVAL
     inner.close()
     top.close()
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_planned_objects_are_made_inside_the_tree_and_removed_from_the_root_on_close(
+    root_dir: str, mechanism: Mechanism | None
+) -> None:
+    """A symlink in the tree's tmpfs, a file and a directory written into the root: built, then gone with close()."""
+    plan = Plan(name="objects", roots=(RootSpec("r"),), mounts=(tmpfs("dev", "dev"),), objects=(
+        ObjectSpec("dev-fd", "r", "dev/fd", ObjectKind.SYMLINK, link="/proc/self/fd"),
+        ObjectSpec("etc", "r", "etc", ObjectKind.DIRECTORY, mode=0o755),
+        ObjectSpec("hosts", "r", "etc/hosts", ObjectKind.FILE, mode=0o644),
+    ))
+    before, files = table(), listing(root_dir)
+    with build(plan, root_dir, mechanism) as tree:
+        assert os.readlink(tree.path() + "/dev/fd") == "/proc/self/fd"
+        assert os.statvfs(tree.path() + "/dev").f_fsid != os.statvfs(root_dir).f_fsid
+        assert os.stat(tree.path() + "/etc/hosts").st_mode & 0o7777 == 0o644
+        assert not os.path.lexists(f"{root_dir}/dev/fd")  # the symlink lives in the tree's own tmpfs
+        assert table() == before
+    assert table() == before
+    assert listing(root_dir) == files  # etc/hosts, etc and the mountpoint dev were written into the root: removed
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_close_keeps_an_object_that_was_replaced_in_the_root(root_dir: str, mechanism: Mechanism | None) -> None:
+    """A planned file someone replaced in the root meanwhile is a different inode: close() leaves theirs alone."""
+    plan = Plan(name="objects", roots=(RootSpec("r"),), mounts=(),
+                objects=(ObjectSpec("f", "r", "f", ObjectKind.FILE, mode=0o644),))
+    tree = build(plan, root_dir, mechanism)
+    Path(root_dir, "f.new").write_text("theirs")
+    os.rename(f"{root_dir}/f.new", f"{root_dir}/f")  # a new inode while ours still exists: not a reused number
+    tree.close()
+    assert Path(root_dir, "f").read_text() == "theirs"
+
+
+def test_build_action_plan_runs_detached(root_dir: str) -> None:
+    """plans/build-action.yaml (devices expand into binds and symlink objects): its /dev is complete in the tree."""
+    os.makedirs(f"{root_dir}/toolchain")
+    Path(root_dir, "toolchain/tool").write_text("tool-v1\n")
+    before, files = table(), listing(root_dir)
+    with mountplan.detached(DOC.parents[1] / "plans" / "build-action.yaml", roots={"input": root_dir}) as tree:
+        top = tree.path()
+        assert Path(top, "opt/tools/tool").read_text() == "tool-v1\n"
+        assert os.readlink(top + "/dev/fd") == "/proc/self/fd"
+        assert os.path.samestat(os.stat(top + "/dev/null"), os.stat("/dev/null"))
+        assert os.path.isdir(top + "/proc/self")
+        assert table() == before
+    assert table() == before
+    assert listing(root_dir) == files
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_failing_object_names_its_own_step(root_dir: str, mechanism: Mechanism | None) -> None:
+    """An object blocked by a file already in the root fails at its own step, not the previous mount's."""
+    Path(root_dir, "taken").write_text("theirs")
+    plan = Plan(name="blocked", roots=(RootSpec("r"),), mounts=(tmpfs("t", "t"),),
+                objects=(ObjectSpec("o", "r", "taken", ObjectKind.SYMLINK, link="x"),))
+    before = table()
+    with pytest.raises(ExecutionError) as info:
+        build(plan, root_dir, mechanism)
+    assert info.value.step.startswith("o#"), info.value.step
+    assert isinstance(info.value.cause, KernelError) and info.value.cause.errno == errno.EEXIST
+    assert table() == before
+    assert os.listdir(root_dir) == ["taken"] and Path(root_dir, "taken").read_text() == "theirs"

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _plans import ROOT, bind, tmpfs
@@ -23,7 +24,7 @@ from mountplan._kernel.features import detect
 from mountplan._kernel.statmount import statmount_idmap
 from mountplan.changes import Action
 from mountplan.engine import Engine, attrs
-from mountplan.engine.backend import FaultInjector
+from mountplan.engine.backend import FaultInjector, KernelBackend
 from mountplan.errors import ExecutionError, FeatureMissingError, KernelError
 from mountplan.livetable import read_live_table
 from mountplan.model import IdMapping, IdRange, MountSpec, Plan, RootSpec, SourceRef
@@ -321,3 +322,39 @@ def test_plan_asks_the_kernel_and_names_the_filesystem_without_changing_anything
     assert "does not support idmapped mounts" in changes.problems[0]
     assert mount_table_snapshot() == before
     assert os.listdir(root_dir) == []
+
+
+class _CloneRecorder(KernelBackend):
+    """Records each open_tree call: what the dirfd is (device, inode), the path and the flags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clones: list[tuple[tuple[int, int] | None, str, int]] = []
+
+    def open_tree(self, dirfd: int, path: str, flags: Any, *args: Any, **kwargs: Any) -> Any:
+        st = os.fstat(dirfd) if dirfd >= 0 else None
+        self.clones.append(((st.st_dev, st.st_ino) if st is not None else None, path, int(flags)))
+        return super().open_tree(dirfd, path, flags, *args, **kwargs)
+
+
+@needs_mount_setattr
+@pytest.mark.parametrize("source", ["in-root", "host"])
+def test_plan_probe_clones_the_source_exactly_as_apply_does(root_dir: str, tmp_path: Path, source: str) -> None:
+    """The idmap probe's open_tree (same pinned directory, path and flags) is the one apply makes: its answer is apply's."""
+    os.mkdir(f"{root_dir}/src")
+    host = tmp_path / "host"
+    host.mkdir()
+    ref = SourceRef("src", ROOT) if source == "in-root" else SourceRef(str(host))
+    spec = bind("view", "view", ref, recursive=True)
+    spec = dataclasses.replace(spec, bind=dataclasses.replace(spec.bind, idmap=_idmap((1, 0, 1))))  # type: ignore[arg-type]
+    backend = _CloneRecorder()
+    engine = Engine(state_dir=str(tmp_path / "state"), backend=backend)
+    engine.plan(_plan(spec), {ROOT: root_dir})
+    probed = list(backend.clones)
+    backend.clones.clear()
+    try:
+        engine.apply(_plan(spec), {ROOT: root_dir})
+    except ExecutionError:
+        pass  # the filesystem may refuse the mapping here (unprivileged): the clone was made first all the same
+    assert len(probed) == 1
+    assert backend.clones[:1] == probed
