@@ -6,7 +6,7 @@ import errno
 import struct
 from collections.abc import Iterator, Sequence
 
-from mountplan._kernel.constants import AtFlag, MountAttr
+from mountplan._kernel.constants import AT_FDCWD, AtFlag, MountAttr
 from mountplan._kernel.statmount import StatmountBuffer, StatmountMask, iter_mounts, listmount
 from mountplan._kernel.syscalls import statx_mount_ids
 from mountplan.errors import KernelError
@@ -146,7 +146,6 @@ def read_statmount(*, ns_id: int = 0, beneath: Sequence[str] | None = None) -> l
 
 
 _SCAN_MASK = int(StatmountMask.MNT_BASIC | StatmountMask.MNT_POINT)
-_AT_FDCWD = -100
 #: Whether listmount(id) lists every mount beneath ``id`` (Linux 6.11+) rather than
 #: only its children (6.8-6.10). None until a listing has shown which.
 _listmount_is_recursive: bool | None = None
@@ -171,7 +170,7 @@ def _statmount_beneath(paths: tuple[str, ...]) -> list[LiveMount] | None:
     holders: set[int] = set()
     for path in paths:
         try:
-            ids = statx_mount_ids(_AT_FDCWD, path, AtFlag.SYMLINK_NOFOLLOW)
+            ids = statx_mount_ids(AT_FDCWD, path, AtFlag.SYMLINK_NOFOLLOW)
         except KernelError:
             return None
         if not ids.unique:
