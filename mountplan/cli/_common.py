@@ -57,13 +57,15 @@ def read_stdin() -> bytes:
 
 def load_plan(path: str, *, strict_kernel: bool = True) -> Any:
     """The plan at ``path`` (``-``: standard input), validated or taken from the plan cache."""
-    from mountplan import api, loader
+    from mountplan import loader
 
     if path == STDIN:
         return loader.load_text(read_stdin(), filename="<stdin>", strict_kernel=strict_kernel)
     # The CLI is the per-action path (a worker execs `mountplan run` per build
     # action): reuse the validated form of a plan file it has loaded before.
-    return api.load(path, strict_kernel=strict_kernel, cache=True)
+    # The loader directly, as api.load does: importing the api would import
+    # what only other commands use (detached trees, change sets).
+    return loader.load(path, strict_kernel=strict_kernel, cache=True)
 
 
 def make_engine(args: argparse.Namespace) -> Any:
