@@ -13,7 +13,10 @@ import pytest
 pytestmark = pytest.mark.mountns
 
 #: Modules a run of a cached plan at the default log level has no use for.
-HEAVY = ("structlog", "asyncio", "yaml", "jsonschema", "networkx", "ssl", "secrets", "difflib", "ctypes.util")
+HEAVY = (
+    "structlog", "asyncio", "yaml", "jsonschema", "networkx", "ssl", "secrets", "difflib", "ctypes.util",
+    "shutil",  # argparse asks it for the terminal width; cli._output asks os
+)
 #: mountplan's modules for what this plan (one tmpfs, no idmap, no objects) and `run` do not use.
 UNUSED = (
     "mountplan.api",  # the CLI loads through the loader
