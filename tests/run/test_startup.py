@@ -16,6 +16,7 @@ pytestmark = pytest.mark.mountns
 HEAVY = (
     "structlog", "asyncio", "yaml", "jsonschema", "networkx", "ssl", "secrets", "difflib", "ctypes.util",
     "shutil",  # argparse asks it for the terminal width; cli._output asks os
+    "datetime",  # only to stamp a log record
 )
 #: mountplan's modules for what this plan (one tmpfs, no idmap, no objects) and `run` do not use.
 UNUSED = (
