@@ -50,6 +50,8 @@ DEFAULT_BEFORE = "ad027bc"  # main before the third round of issue 13 start-up w
 #: loader/diagnostics, serve and watch.
 OWN_FILES = (
     "mountplan/cli/__init__.py",
+    "mountplan/cli/_output.py",
+    "mountplan/cli/logs.py",
     "mountplan/engine/__init__.py",
     "mountplan/engine/executor.py",
     "mountplan/engine/apply_run.py",
