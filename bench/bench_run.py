@@ -43,23 +43,22 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = REPO / "plans" / "build-action.yaml"
 MARKER = "MOUNTPLAN_BENCH_RUN_IN_NAMESPACE"
 BASE = "/tmp/bench_run"  # a private tmpfs is mounted here inside the namespace
-DEFAULT_BEFORE = "477b63f"  # main before the second round of issue 13 start-up work
-#: The files that round changed (item 1's "before" takes them back).
+DEFAULT_BEFORE = "ad027bc"  # main before the third round of issue 13 start-up work
+#: The files that round changed (item 1's "before" takes them back). The second round's
+#: (from 477b63f) were __main__, _log, cli/logs, cli/__init__, cli/_schema_cmd, runner,
+#: _kernel/_libc, _kernel/namespaces, engine/executor, engine/apply_run, engine/statefs,
+#: loader/diagnostics, serve and watch.
 OWN_FILES = (
-    "mountplan/__main__.py",
-    "mountplan/_log.py",
-    "mountplan/cli/logs.py",
     "mountplan/cli/__init__.py",
-    "mountplan/cli/_schema_cmd.py",
-    "mountplan/runner.py",
-    "mountplan/_kernel/_libc.py",
-    "mountplan/_kernel/namespaces.py",
+    "mountplan/cli/_output.py",
+    "mountplan/cli/logs.py",
+    "mountplan/engine/__init__.py",
     "mountplan/engine/executor.py",
     "mountplan/engine/apply_run.py",
-    "mountplan/engine/statefs.py",
-    "mountplan/loader/diagnostics.py",
-    "mountplan/serve.py",
-    "mountplan/watch.py",
+    "mountplan/engine/attach.py",
+    "mountplan/engine/preflight.py",
+    "mountplan/engine/recovery.py",
+    "mountplan/engine/destroy.py",
 )
 
 

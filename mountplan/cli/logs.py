@@ -13,7 +13,6 @@ The library hands each event over as data (:mod:`mountplan._log`); the
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import sys
@@ -92,6 +91,8 @@ class EventFormatter(logging.Formatter):
             self._processors, self._make = list(self._make()), None
         fields = dict(record.msg) if isinstance(record.msg, Mapping) else {"event": record.getMessage()}
         method = record.levelname.lower()
+        import datetime  # only when a record is logged: a quiet run never formats one
+
         stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         event: Any = {
             **fields,

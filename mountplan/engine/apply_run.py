@@ -15,8 +15,6 @@ from mountplan.model import Plan
 from .attach import Attacher, Handles
 from .destroy import remove_managed
 from .fingerprint import fingerprint
-from .object_ops import forget_or_remove_object, prune_object, update_object
-from .objects import ObjectHandles, ObjectMaker
 from .privateroot import make_roots_private
 from .recovery import rollback
 from .results import ApplyResult
@@ -27,6 +25,7 @@ from .update import update_in_place
 
 if TYPE_CHECKING:
     from .executor import Engine
+    from .objects import ObjectMaker
 
 _stdlib_log = logging.getLogger("mountplan")
 _events: EventLogger = structured_logger(_stdlib_log)
@@ -96,6 +95,8 @@ engine: Engine,
             if name in objects:
                 if change.action is Action.UPDATE:
                     where = (f"{name}:update", "fix in place: " + ", ".join(f.field for f in change.fields))
+                    from .object_ops import update_object  # planned objects only
+
                     update_object(engine.ctx, tx, rootset[objects[name].root], objects[name], state.object(name))
                     plog.info("object.updated", object=name, fields=[f.field for f in change.fields])
                     updated.append(name)
@@ -118,6 +119,8 @@ engine: Engine,
             if name in objects:
                 if state.has_object(name):
                     where = (f"{name}:unlinkat", "remove before replacing")
+                    from .object_ops import forget_or_remove_object
+
                     replaced += forget_or_remove_object(engine.ctx, state, name, by_name[name].action, rootset, plog)
                     store.save(state)
                 continue
@@ -133,6 +136,8 @@ engine: Engine,
         for change in changes.changes:
             if change.action is Action.DELETE and state.has_object(change.mount):
                 where = (f"{change.mount}:unlinkat", "remove object (prune)")
+                from .object_ops import prune_object
+
                 prune_object(engine.ctx, state, change.mount, rootset, plog)
                 store.save(state)
                 pruned.append(change.mount)
@@ -144,10 +149,17 @@ engine: Engine,
                 state.mounts.remove(managed)
                 store.save(state)
                 pruned.append(change.mount)
-        object_maker = ObjectMaker(engine.ctx, tx, rootset) if objects else None
+        # Objects' code is imported only by plans that have objects (start-up of every run).
+        object_maker: ObjectMaker | None = None
+        if objects:
+            from .objects import ObjectMaker
+
+            object_maker = ObjectMaker(engine.ctx, tx, rootset)
         for name in todo:
             if object_maker is not None and name in objects:
                 obj = objects[name]
+                from .objects import ObjectHandles
+
                 object_handles = ObjectHandles()
                 try:
                     for step in compiled.chain(name):

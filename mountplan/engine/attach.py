@@ -29,7 +29,6 @@ from mountplan.model import OVERLAY_PATH_KEYS, Attr, IdMapping, MountKind, Mount
 from .attrs import has_mount_setattr, set_attrs
 from .bind_source import bind_source_path, clone_bind_source
 from .context import Context
-from .idmap import make_userns_for, set_idmap
 from .mountpoint import MountpointMaker, no_symlink
 from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve
 from .transaction import Transaction, Undo
@@ -158,6 +157,8 @@ class Attacher:
         idmap = spec.bind.idmap
         shared = self.usernses.get(idmap)
         if shared is None:
+            from .idmap import make_userns_for  # idmapped binds only: not on every run's import path
+
             shared = self.usernses[idmap] = make_userns_for(self.ctx, idmap)
         h.userns = BorrowedFd(shared.fileno(), "userns")
         h.idmap = idmap.to_json()
@@ -173,6 +174,8 @@ class Attacher:
             attr_clr = MountAttr.NOATIME | MountAttr.STRICTATIME
         if h.userns is not None:
             # Needs mount_setattr (required_for asks for it before any change).
+            from .idmap import set_idmap
+
             set_idmap(self, spec, h.mnt, h.userns, attr_set, attr_clr)
             h.userns.close()
             return

@@ -8,7 +8,6 @@ from typing import Any
 from mountplan.errors import BusyError, ExecutionError, MountplanError, RootError
 
 from .context import Context
-from .object_ops import remove_object
 from .removal import CoveredError, Outcome, remove_created, remove_mount
 from .roots import RootSet
 from .state import ManagedMount, State, StateStore
@@ -63,6 +62,8 @@ def _remove_objects(
         root = rootset.get(obj.root)
         if root is None:
             raise RootError(f"root {obj.root!r} is needed to remove object {obj.name!r}")
+        from .object_ops import remove_object  # planned objects only: not on every run's import path
+
         outcome = remove_object(ctx, root, obj, log)
         if outcome is None:
             removed.append(obj.name)

@@ -36,8 +36,6 @@ from .backend import Backend, KernelBackend
 from .context import Context
 from .destroy import DestroyResult, destroy_locked
 from .fingerprint import compiled_for, fingerprint
-from .idmap import idmap_evidence
-from .object_ops import with_objects
 from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
@@ -47,6 +45,8 @@ from .state import ManagedMount, State, StateStore, current_scope, default_state
 from .unmount import is_ours_at
 
 if TYPE_CHECKING:
+    from mountplan._idmap_drift import IdmapEvidence
+
     # Saved plans are imported where they are used: `run` and `apply PLAN` never need them.
     from .saved import SavedPlan
 
@@ -270,9 +270,18 @@ class Engine:
         prints = {m.name: fingerprint(m) for m in plan.mounts if m.name in managed}
         # Ours too: what a journal left behind names (half-made mounts are not foreign).
         owned = frozenset(i for m in state.mounts for i in (m.mnt_id, *m.submounts)) | journaled
-        idmaps = idmap_evidence(plan, [m for m in state.mounts if m.name in managed], live)
+        mine = [m for m in state.mounts if m.name in managed]
+        idmaps: dict[str, IdmapEvidence] = {}
+        # Evidence exists only for binds idmapped in the plan or in the state; the
+        # idmap code is imported only then (start-up of every run).
+        if any(m.idmap is not None for m in mine) or any(s.bind is not None and s.bind.idmap is not None for s in plan.mounts):
+            from .idmap import idmap_evidence
+
+            idmaps = idmap_evidence(plan, mine, live)
         changes = diff(plan, managed, live, paths, prints, prune=prune, owned=owned, idmaps=idmaps)
         if plan.objects or state.objects:
+            from .object_ops import with_objects
+
             changes = with_objects(self.ctx, plan, rootset, state, changes, prune=prune)
         return changes
 

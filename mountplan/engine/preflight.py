@@ -22,7 +22,6 @@ from mountplan.errors import FeatureMissingError, KernelError
 from mountplan.model import OVERLAY_PATH_KEYS, IdMapping, MountSpec, Plan
 
 from .context import Context
-from .idmap_probe import idmap_problem
 from .roots import O_PATH_ANY, RootSet, resolve
 
 _NEW = {Action.CREATE, Action.REPLACE}
@@ -86,6 +85,8 @@ def _collect(
             continue
         problem = _bind_problem(ctx, spec, rootset) if spec.bind is not None else _fs_problem(ctx, spec)
         if not problem and spec.bind is not None and spec.bind.idmap is not None:
+            from .idmap_probe import idmap_problem  # idmapped binds only
+
             problem = idmap_problem(ctx, spec, rootset, usernses)
         if problem:
             problems.append(f"{spec.name} ({spec.root}:{spec.target}): {problem}")

@@ -14,7 +14,6 @@ from mountplan.errors import ExecutionError
 
 from .context import Context
 from .destroy import destroy_locked
-from .object_ops import restore_object
 from .removal import remove_mount, remove_path
 from .roots import RootHandle, RootIdentity, RootSet, reopen_root
 from .state import StateStore
@@ -30,6 +29,8 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
         remove_mount(ctx, root, item.path, item.mnt_id, item.unique,
                      recursive=item.recursive, submounts=item.submounts, label=item.mount, proof=item.proof)
     elif item.op == "chmod":
+        from .object_ops import restore_object  # planned objects only
+
         restore_object(ctx, item, root)
     else:
         remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link)
