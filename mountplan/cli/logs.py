@@ -23,7 +23,7 @@ from mountplan import _log
 from mountplan._text import printable, printable_lines
 
 if TYPE_CHECKING:
-    import structlog.typing
+    from structlog.typing import Processor
 
 
 def _import_structlog_without_rich() -> None:
@@ -80,7 +80,7 @@ class EventFormatter(logging.Formatter):
     """
 
     def __init__(
-        self, processors: Sequence[structlog.typing.Processor] | Callable[[], Sequence[structlog.typing.Processor]]
+        self, processors: Sequence[Processor] | Callable[[], Sequence[Processor]]
     ) -> None:
         super().__init__()
         self._make = processors if callable(processors) else None
@@ -118,13 +118,13 @@ class EventCollector(logging.Handler):
             self.events.append(dict(record.msg))
 
 
-def _renderers(log_format: str, color: bool) -> list[structlog.typing.Processor]:
+def _renderers(log_format: str, color: bool) -> list[Processor]:
     """The processors after the record's own fields: exceptions to text, escaping, the renderer."""
     sl = _log.load_structlog()
 
-    renderer: structlog.typing.Processor
+    renderer: Processor
     # A traceback is turned into text first, so that its lines are escaped too.
-    escape: list[structlog.typing.Processor] = [sl.processors.format_exc_info, escape_values]
+    escape: list[Processor] = [sl.processors.format_exc_info, escape_values]
     if log_format == "json":
         # json.dumps escapes control characters itself; the values stay exact.
         escape = [sl.processors.format_exc_info]
