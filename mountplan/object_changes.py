@@ -106,11 +106,19 @@ def diff_objects(
         rec = by_name.get(spec.name)
         where = f"{spec.root}:{spec.path}"
         fresh = _fresh_holder(spec, fresh_mounts)
+        seen = observed.get(spec.name, ObservedObject(Found.ABSENT))
+        if rec is not None and (rec.root, rec.path) != (spec.root, spec.path):
+            # Moved in the plan: ours at the old path goes, a new one is made at
+            # the new path (forgetting the old one would leak it past destroy).
+            changes.append(Change(spec.name, spec.root, spec.path, Action.REPLACE,
+                                  (FieldChange("path", where, f"{rec.root}:{rec.path}"),), "path forces replacement"))
+            if fresh is None:
+                problems += _occupied(spec, seen, where)
+            continue
         if fresh is not None:
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE,
                                   reason=f"{spec.describe()}; in {fresh!r}, which apply (re)creates"))
             continue
-        seen = observed.get(spec.name, ObservedObject(Found.ABSENT))
         if seen.found is Found.BLOCKED:
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=spec.describe()))
             problems.append(f"{spec.name} ({where}): {seen.detail}")
@@ -151,6 +159,17 @@ def diff_objects(
             orphan = Change(rec.name, rec.root, rec.path, Action.DELETE, reason="no longer in the plan")
             (changes if prune else kept).append(orphan)
     return changes, kept, problems
+
+
+def _occupied(spec: ObjectSpec, seen: ObservedObject, where: str) -> list[str]:
+    """Why a new object cannot be made at ``where`` (it is not ours to replace), if it cannot."""
+    if seen.found is Found.BLOCKED:
+        return [f"{spec.name} ({where}): {seen.detail}"]
+    if seen.found is Found.COVERED:
+        return [f"{spec.name} ({where}): EEXIST: a mount is on this path already"]
+    if seen.found is Found.PRESENT:
+        return [f"{spec.name} ({where}): EEXIST: a {seen.kind} mountplan did not make is there; it is left alone"]
+    return []
 
 
 def _fresh_holder(spec: ObjectSpec, fresh_mounts: Mapping[tuple[str, str], str]) -> str | None:

@@ -180,9 +180,14 @@ def forget_or_remove_object(ctx: Context, state: State, name: str, action: Actio
         return []
     obj = state.object(name)
     if action is Action.REPLACE:
-        outcome = remove_object(ctx, rootset[obj.root], obj, log)
+        root = rootset.get(obj.root)
+        if root is None:
+            raise ExecutionError(f"cannot replace object {name!r}: its root {obj.root!r} is not open (the plan no longer names it)")
+        outcome = remove_object(ctx, root, obj, log)
         if outcome is not None:
-            raise ExecutionError(f"cannot replace object {name!r}: {outcome[0]}")
+            if outcome[1]:  # still ours (covered, or a directory someone filled): it must go first
+                raise ExecutionError(f"cannot replace object {name!r}: {outcome[0]}")
+            log.warning("apply.forgot_object", object=name, reason=outcome[0])
         state.objects.remove(obj)
         return [name]
     state.objects.remove(obj)
