@@ -118,21 +118,29 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
     return None
 
 
-def _open_verified(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) -> Fd:
-    """An fd that fchmod/fchown accept, of the object at ``path`` if it is still inode (dev, ino)."""
-    parent, name = resolve_parent(ctx.backend, root, path)
+def _open_ours(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) -> Fd | str:
+    """An fd that fchmod/fchown accept, of the object at ``path`` if it is still inode (dev, ino); else why not."""
+    shown = f"{root.name}:{path}"
+    try:
+        parent, name = resolve_parent(ctx.backend, root, path)
+    except KernelError as exc:
+        if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+            return f"{shown} is gone"
+        raise
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
         try:
-            fd = Fd(os.open(name, flags, dir_fd=parent.fileno()), f"object:{root.name}:{path}")
+            fd = Fd(os.open(name, flags, dir_fd=parent.fileno()), f"object:{shown}")
+        except FileNotFoundError:
+            return f"{shown} is gone"
         except OSError as exc:
-            raise KernelError(exc.errno or errno.EIO, "openat", paths=[f"{root.name}:{path}"], flags="O_RDONLY|O_NOFOLLOW") from None
+            raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_RDONLY|O_NOFOLLOW") from None
     finally:
         parent.close()
     st = os.fstat(fd.fileno())
     if (st.st_dev, st.st_ino) != (dev, ino):
         fd.close()
-        raise ExecutionError(f"{root.name}:{path} is not the object mountplan made; left alone")
+        return f"{shown} is not the object mountplan made (inode {st.st_ino}, not {ino})"
     return fd
 
 
@@ -145,7 +153,9 @@ def _set(ctx: Context, fd: Fd, shown: str, mode: int, uid: int, gid: int) -> Non
 
 def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectSpec, obj: ManagedObject) -> None:
     """Fix an object's drifted mode/owner in place (fchown, fchmod), journaled with what it had."""
-    fd = _open_verified(ctx, root, spec.path, obj.dev, obj.ino)
+    fd = _open_ours(ctx, root, spec.path, obj.dev, obj.ino)
+    if isinstance(fd, str):
+        raise ExecutionError(f"cannot fix object {spec.name!r} in place: {fd}; left alone")
     try:
         st = os.fstat(fd.fileno())
         restore = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
@@ -159,10 +169,17 @@ def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectS
     obj.gid = obj.gid if spec.gid is None else spec.gid
 
 
-def restore_object(ctx: Context, item: Undo, root: RootHandle) -> None:
-    """Undo an in-place mode/owner change (only on the inode it was made to)."""
+def restore_object(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None:
+    """Undo an in-place mode/owner change (only on the inode it was made to).
+
+    An object that is gone or no longer ours leaves nothing of ours to restore:
+    that is done (with a warning), not a leftover that would block every later run.
+    """
     assert item.restore is not None
-    fd = _open_verified(ctx, root, item.path, item.dev, item.ino)
+    fd = _open_ours(ctx, root, item.path, item.dev, item.ino)
+    if isinstance(fd, str):
+        log.warning("undo.object_lost", object=item.mount, reason=f"{fd}; its mode is not restored")
+        return
     try:
         r = item.restore
         _set(ctx, fd, f"{root.name}:{item.path}", int(r["mode"]), int(r["uid"]), int(r["gid"]))

@@ -22,7 +22,7 @@ from .transaction import UNDOABLE, Transaction, Undo
 from .update import restore
 
 
-def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
+def undo_one(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None:
     """Undo one journaled change. A mount of ours covered by a foreign one raises (and is kept)."""
     if item.op == "update":
         restore(ctx, item, root)
@@ -30,7 +30,7 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
         remove_mount(ctx, root, item.path, item.mnt_id, item.unique,
                      recursive=item.recursive, submounts=item.submounts, label=item.mount, proof=item.proof)
     elif item.op == "chmod":
-        restore_object(ctx, item, root)
+        restore_object(ctx, item, root, log)
     else:
         remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link)
 
@@ -40,7 +40,7 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
     failed: list[tuple[Undo, Exception]] = []
     for item in reversed(tx.undo):
         try:
-            undo_one(ctx, item, roots[item.root])
+            undo_one(ctx, item, roots[item.root], log)
             tx.undone(item)
         except Exception as first:  # noqa: BLE001 - carry on: report every leftover, not just the first
             failed.append((item, first))
@@ -51,7 +51,7 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
         reason: Exception = error
         if item.op != "mount":
             try:
-                undo_one(ctx, item, roots[item.root])
+                undo_one(ctx, item, roots[item.root], log)
                 tx.undone(item)
                 continue
             except Exception as again:  # noqa: BLE001 - reported as a leftover
@@ -117,7 +117,7 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
                 left_items.append(item)
                 continue
             try:
-                undo_one(ctx, item, root)
+                undo_one(ctx, item, root, plog)
                 undone.append(item.describe())
                 plog.info("recover.undone", item=item.describe())
             except Exception as exc:  # noqa: BLE001 - recover goes on; the leftover is reported

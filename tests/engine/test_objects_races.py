@@ -55,3 +55,73 @@ def test_a_moved_object_is_replaced_and_destroy_leaves_the_root_empty(tmp_path: 
     assert not engine.plan(moved, {R: root_dir}).has_changes
     engine.destroy(moved, {R: root_dir})
     assert _plans.snapshot(root_dir) == before
+
+
+class _LoseOnChmod(KernelBackend):
+    """fchmod works, then the object is removed (or replaced by someone else's file) and the call fails."""
+
+    def __init__(self, path: str, how: str) -> None:
+        self.path, self.how, self.armed = path, how, False
+
+    def fchmod(self, fd: int, mode: int, shown: str = "") -> None:  # type: ignore[override]
+        KernelBackend.fchmod(fd, mode, shown=shown)
+        if self.armed:
+            os.unlink(self.path)
+            if self.how == "replaced":
+                Path(self.path).write_text("theirs\n")
+                os.chmod(self.path, 0o640)
+            raise KernelError(errno.EIO, "fchmod", hint="injected fault")
+
+
+@pytest.mark.parametrize("how", ["gone", "replaced"])
+def test_a_journaled_mode_change_on_a_lost_object_does_not_block_later_runs(tmp_path: Path, root_dir: str, how: str) -> None:
+    """The object goes (or is replaced) after its mode fix was journaled: rollback is complete; apply and destroy go on."""
+    backend = _LoseOnChmod(f"{root_dir}/f", how)
+    engine = _engine(tmp_path, backend)
+    plan = _plan(_file("f", 0o644))
+    engine.apply(plan, {R: root_dir})
+    os.chmod(f"{root_dir}/f", 0o600)  # drift: the next apply fixes it in place (journaled "chmod")
+    backend.armed = True
+    with pytest.raises(ExecutionError) as info:
+        engine.apply(plan, {R: root_dir})
+    assert info.value.leftovers == ()
+    backend.armed = False
+    if how == "replaced":
+        assert Path(root_dir, "f").read_text() == "theirs\n" and stat.S_IMODE(os.lstat(f"{root_dir}/f").st_mode) == 0o640
+        os.unlink(f"{root_dir}/f")  # the user takes theirs away; ours is made again
+    assert engine.apply(plan, {R: root_dir}).created == ("f",)
+    engine.destroy(plan, {R: root_dir})
+    assert os.listdir(root_dir) == []
+
+
+def test_recover_of_a_mode_change_on_a_vanished_object_is_done(tmp_path: Path, root_dir: str) -> None:
+    """Killed after a journaled mode fix; the object is then deleted: recover has nothing left to undo."""
+    plan = _plan(_file("f", 0o644))
+    state_dir = str(tmp_path / "state")
+    Engine(state_dir=state_dir).apply(plan, {R: root_dir})
+    os.chmod(f"{root_dir}/f", 0o600)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Engine(backend=_KillOn("fchmod"), state_dir=state_dir).apply(plan, {R: root_dir})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    os.unlink(f"{root_dir}/f")
+    result = Engine(state_dir=state_dir).recover()
+    assert result.leftovers == ()
+    Engine(state_dir=state_dir).destroy(plan, {R: root_dir})
+    assert os.listdir(root_dir) == []
+
+
+class _KillOn(KernelBackend):
+    """SIGKILLs this process when ``name`` is called (before it runs)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattribute__(self, attr: str) -> Any:
+        if attr != "name" and attr == object.__getattribute__(self, "name"):
+            os.kill(os.getpid(), 9)
+        return object.__getattribute__(self, attr)
