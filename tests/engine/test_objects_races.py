@@ -125,3 +125,30 @@ class _KillOn(KernelBackend):
         if attr != "name" and attr == object.__getattribute__(self, "name"):
             os.kill(os.getpid(), 9)
         return object.__getattribute__(self, attr)
+
+
+def test_apply_refuses_a_known_problem_before_changing_anything(tmp_path: Path, root_dir: str) -> None:
+    """A foreign file at a planned path: apply fails up front, listing it; no syscall changes anything, the record stays."""
+    from mountplan.engine.backend import FaultInjector
+
+    plan = Plan(name="races", roots=(RootSpec(R),), mounts=(_plans.tmpfs("m", "m"),),
+                objects=(_file("f"), ObjectSpec("l", R, "l", ObjectKind.SYMLINK, link="/old")))
+    engine = _engine(tmp_path)
+    engine.apply(plan, {R: root_dir})
+    engine.destroy(plan, {R: root_dir})
+    # "l" is ours (recorded) and must be replaced; "f" is someone else's file now.
+    engine.apply(_plan(ObjectSpec("l", R, "l", ObjectKind.SYMLINK, link="/old")), {R: root_dir})
+    Path(root_dir, "f").write_text("theirs\n")
+    new = Plan(name="races", roots=(RootSpec(R),), mounts=(_plans.tmpfs("m", "m"),),
+               objects=(_file("f"), ObjectSpec("l", R, "l", ObjectKind.SYMLINK, link="/new")))
+    problems = engine.plan(new, {R: root_dir}).problems
+    assert len(problems) == 1 and problems[0].startswith("f (r:f): EEXIST")
+    before = _plans.snapshot(root_dir)
+    watch = FaultInjector()
+    with pytest.raises(ExecutionError) as info:
+        _engine(tmp_path, watch).apply(new, {R: root_dir})
+    assert problems[0] in str(info.value) and info.value.step == "" and info.value.leftovers == ()
+    assert not {"fsopen", "symlinkat", "unlinkat", "create_file", "mkdirat"} & set(watch.calls), watch.calls
+    assert _plans.snapshot(root_dir) == before and os.readlink(f"{root_dir}/l") == "/old"
+    _, state = engine.load_state(new, {R: root_dir})
+    assert [o.name for o in state.objects] == ["l"]  # the record of ours was not dropped
