@@ -20,7 +20,7 @@ from typing import Protocol
 from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
 from mountplan.model import ObjectKind, ObjectSpec, Plan
 
-__all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
+__all__ = ["Found", "ObjectProof", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
 
 
 class Found(enum.Enum):
@@ -48,29 +48,41 @@ class ObservedObject:
     link: str = ""
     detail: str = ""
     btime: int | None = None
+    size: int = 0
 
 
-class RecordedObject(Protocol):
+class ObjectProof(Protocol):
+    """What proves an object is the one mountplan made (a state record, a journal line)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def dev(self) -> int: ...
+    @property
+    def ino(self) -> int: ...
+    @property
+    def link(self) -> str: ...
+    @property
+    def btime(self) -> int | None: ...
+
+
+class RecordedObject(ObjectProof, Protocol):
     """What the state file says apply made (engine.state.ManagedObject)."""
 
     name: str
     root: str
     path: str
-    kind: str
-    dev: int
-    ino: int
-    link: str
-    btime: int | None
 
 
-def is_same_object(rec: RecordedObject, seen: ObservedObject) -> bool:
-    """The object at the path is the one recorded: device, inode, kind and (where both have one) birth time."""
-    same_birth = rec.btime is None or seen.btime is None or rec.btime == seen.btime
-    return seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (rec.dev, rec.ino, rec.kind) and same_birth
+def is_same_object(proof: ObjectProof, seen: ObservedObject) -> bool:
+    """The object at the path is the one proven: device, inode, kind, a symlink's text and (where both have one) birth time.
 
-
-def _is_ours(rec: RecordedObject, seen: ObservedObject) -> bool:
-    return is_same_object(rec, seen)
+    The one ownership predicate of diff, destroy, rollback and recovery.
+    """
+    same_birth = proof.btime is None or seen.btime is None or proof.btime == seen.btime
+    same_link = proof.kind != "symlink" or proof.link == seen.link
+    return (seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (proof.dev, proof.ino, proof.kind)
+            and same_birth and same_link)
 
 
 def _drift(spec: ObjectSpec, seen: ObservedObject) -> tuple[FieldChange, ...]:
@@ -135,7 +147,7 @@ def diff_objects(
             reason = spec.describe() if rec is None else OBJECT_GONE
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
             continue
-        if rec is None or not _is_ours(rec, seen):
+        if rec is None or not is_same_object(rec, seen):
             # Never ours, or replaced since: someone else's; never removed or replaced.
             reason = spec.describe() if rec is None else OBJECT_REPLACED
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any
 
-from mountplan._kernel import AtFlag, Fd
+from mountplan._kernel import Fd
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectSpec, Plan
@@ -23,6 +23,7 @@ from mountplan.object_changes import Found, ObservedObject, diff_objects, is_sam
 
 from .context import Context
 from .managed_object import ManagedObject
+from .ownership import observe_at
 from .removal import remove_created
 from .roots import RootHandle, RootSet, resolve_parent
 from .state import State
@@ -32,13 +33,6 @@ __all__ = ["forget_or_remove_object", "observe_object", "prune_object", "remove_
 
 #: A parent path beneath the root that holds a symlink (ELOOP), leaves the root (EXDEV) or a non-directory.
 _BLOCKED = frozenset({errno.ELOOP, errno.EXDEV, errno.ENOTDIR})
-_KINDS = {stat.S_IFDIR: "directory", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
-
-
-def _kind(st: os.stat_result) -> str:
-    return _KINDS.get(stat.S_IFMT(st.st_mode), "other")
-
-
 def _parent(ctx: Context, root: RootHandle, path: str) -> tuple[Fd, str] | KernelError:
     try:
         return resolve_parent(ctx.backend, root, path)
@@ -57,26 +51,9 @@ def observe_object(ctx: Context, root: RootHandle, path: str) -> ObservedObject:
         raise found
     parent, name = found
     try:
-        return _observe_at(ctx, parent, name)
+        return observe_at(ctx, parent, name, f"{root.name}:{path}")
     finally:
         parent.close()
-
-
-def _observe_at(ctx: Context, parent: Fd, name: str) -> ObservedObject:
-    try:
-        st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
-    except FileNotFoundError:
-        return ObservedObject(Found.ABSENT)
-    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-        # A mount on top shows its own root here, not what lies under it.
-        here = ctx.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)
-        if here.mnt_id != ctx.backend.statx_mount_ids(parent.fileno()).mnt_id:
-            return ObservedObject(Found.COVERED)
-    link = os.readlink(name, dir_fd=parent.fileno()) if stat.S_ISLNK(st.st_mode) else ""
-    evidence = ctx.backend.root_evidence(parent.fileno(), name, AtFlag(0))
-    btime = evidence.btime_ns if evidence.ino == st.st_ino else None
-    return ObservedObject(Found.PRESENT, _kind(st), st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode),
-                          st.st_uid, st.st_gid, link, btime=btime)
 
 
 def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) -> tuple[str, bool] | None:
@@ -95,13 +72,13 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
         return f"{obj.kind} {shown} (object {obj.name!r}) cannot be reached beneath its root: {found}; left alone", False
     parent, name = found
     try:
-        seen = _observe_at(ctx, parent, name)
+        seen = observe_at(ctx, parent, name, shown)
         if seen.found is Found.ABSENT:
             log.warning("destroy.object_gone", object=obj.name, path=shown)
             return None
         if seen.found is Found.COVERED:
             return f"{obj.kind} {shown} (object {obj.name!r}) is covered by a mount mountplan did not make; left alone", True
-        if not is_same_object(obj, seen) or seen.link != obj.link:
+        if not is_same_object(obj, seen):
             what = f"a {seen.kind}" + (f" -> {seen.link!r}" if seen.link else "")
             return (f"{shown} (object {obj.name!r}) is no longer the {obj.kind} mountplan made (it is {what} "
                     f"with inode {seen.ino}, not {obj.ino}); left alone"), False

@@ -18,7 +18,7 @@ from .object_ops import restore_object
 from .removal import remove_mount, remove_path
 from .roots import RootHandle, RootIdentity, RootSet, reopen_root
 from .state import StateStore
-from .transaction import UNDOABLE, Transaction, Undo
+from .transaction import UNDOABLE, Transaction, Undo, created_entry
 from .update import restore
 
 
@@ -32,7 +32,7 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None:
     elif item.op == "chmod":
         restore_object(ctx, item, root, log)
     else:
-        remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link)
+        remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link, btime=item.btime, since=item.since)
 
 
 def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log: Any) -> list[str]:
@@ -64,6 +64,8 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
 def pending(entries: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[int, Undo], list[str]]:
     """The header, the changes not yet undone, and the lines too malformed to act on."""
     header = next((e for e in entries if e.get("op") == "begin"), None)
+    since = (header or {}).get("since")
+    since = since if type(since) is int else None
     items: dict[int, Undo] = {}
     bad: list[str] = []
     for e in entries:
@@ -71,13 +73,15 @@ def pending(entries: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[
         try:
             if op in UNDOABLE:
                 item = Undo.from_entry(e)
+                item.since = since
                 items[item.seq] = item
             elif op in {"created", "undone"}:
                 ref = items.get(int(e["ref"]))
                 if ref is None:
                     continue
                 if op == "created":
-                    ref.dev, ref.ino = int(e["dev"]), int(e["ino"])
+                    btime = e.get("btime")
+                    ref.dev, ref.ino, ref.btime = int(e["dev"]), int(e["ino"]), None if btime is None else int(btime)
                 else:
                     items.pop(ref.seq, None)
         except (KeyError, TypeError, ValueError) as exc:
@@ -203,5 +207,5 @@ def _rewrite_journal(store: StateStore, header: dict[str, Any] | None, items: li
     for item in sorted(items, key=lambda i: i.seq):
         seq = store.journal_write(item.to_entry())
         if item.ino:
-            store.journal_write({"op": "created", "ref": seq, "dev": item.dev, "ino": item.ino})
+            store.journal_write(created_entry(seq, item.dev, item.ino, item.btime))
     store.journal_close(remove=False)

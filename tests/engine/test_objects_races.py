@@ -152,3 +152,141 @@ def test_apply_refuses_a_known_problem_before_changing_anything(tmp_path: Path, 
     assert _plans.snapshot(root_dir) == before and os.readlink(f"{root_dir}/l") == "/old"
     _, state = engine.load_state(new, {R: root_dir})
     assert [o.name for o in state.objects] == ["l"]  # the record of ours was not dropped
+
+
+class _SwapAfterCreate(KernelBackend):
+    """Right after mkdirat/symlinkat makes ``x``, another process swaps its own object in at that name."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def mkdirat(self, dirfd: int, name: str, mode: int, shown: str = "") -> None:  # type: ignore[override]
+        KernelBackend.mkdirat(dirfd, name, mode, shown=shown)
+        if name == "x":
+            os.rmdir(name, dir_fd=dirfd)
+            os.mkdir(name, 0o700, dir_fd=dirfd)
+            if self.how == "filled":
+                os.close(os.open(f"{name}/theirs", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=dirfd))
+            else:  # empty, but with a mode mkdirat(0750) cannot have made
+                os.chmod(name, 0o777, dir_fd=dirfd)
+
+    def symlinkat(self, target: str, dirfd: int, name: str, shown: str = "") -> None:  # type: ignore[override]
+        KernelBackend.symlinkat(target, dirfd, name, shown=shown)
+        if name == "x":
+            os.unlink(name, dir_fd=dirfd)
+            os.symlink("/etc", name, dir_fd=dirfd)
+
+
+@pytest.mark.parametrize("how", ["filled", "mode", "symlink"])
+def test_an_object_swapped_in_right_after_the_create_is_not_taken_over(tmp_path: Path, root_dir: str, how: str) -> None:
+    """mkdirat/symlinkat, then someone swaps their own object in: apply fails; theirs is not chmod'ed, recorded or removed."""
+    spec = (ObjectSpec("x", R, "x", ObjectKind.SYMLINK, link="/proc/self/fd") if how == "symlink"
+            else ObjectSpec("x", R, "x", ObjectKind.DIRECTORY, mode=0o750))
+    engine = _engine(tmp_path, _SwapAfterCreate(how))
+    with pytest.raises(ExecutionError) as info:
+        engine.apply(_plan(spec), {R: root_dir})
+    assert info.value.leftovers == () and "not taken over" in str(info.value)
+    if how == "symlink":
+        assert os.readlink(f"{root_dir}/x") == "/etc"
+    else:
+        assert stat.S_IMODE(os.lstat(f"{root_dir}/x").st_mode) == (0o700 if how == "filled" else 0o777)
+        assert os.listdir(f"{root_dir}/x") == (["theirs"] if how == "filled" else [])
+    _, state = engine.load_state(_plan(spec), {R: root_dir})
+    assert state is None or state.objects == []
+    assert [n for n in os.listdir(tmp_path / "state") if n.endswith(".journal")] == []
+
+
+class _KillAt(KernelBackend):
+    """SIGKILLs this process when ``name`` is called: before the call, or (``after``) once it returned."""
+
+    def __init__(self, name: str, *, after: bool = False) -> None:
+        self.name, self.after = name, after
+
+    def __getattribute__(self, attr: str) -> Any:
+        value = object.__getattribute__(self, attr)
+        if attr != object.__getattribute__(self, "name"):
+            return value
+        after = object.__getattribute__(self, "after")
+
+        def killed(*args: Any, **kwargs: Any) -> Any:
+            if after:
+                value(*args, **kwargs)
+            os.kill(os.getpid(), 9)
+
+        return killed
+
+
+def _killed_apply(state_dir: str, plan: Plan, root_dir: str, backend: KernelBackend) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Engine(backend=backend, state_dir=state_dir).apply(plan, {R: root_dir})
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+
+
+def _journal(state_dir: str) -> Path:
+    (journal,) = [p for p in Path(state_dir).iterdir() if p.name.endswith(".journal")]
+    return journal
+
+
+def test_recover_keeps_a_users_file_that_got_our_inode_number(tmp_path: Path, root_dir: str) -> None:
+    """Killed after our file's create was journaled with its inode; the user writes their own file there and
+    the filesystem hands it the same inode number (ext4 does at once): recover keeps their data."""
+    import json
+
+    state_dir = str(tmp_path / "state")
+    plan = _plan(_file("d/f", 0o644))
+    os.mkdir(f"{root_dir}/d")
+    _killed_apply(state_dir, plan, root_dir, _KillAt("fchmod"))
+    path = f"{root_dir}/d/f"
+    ours = os.lstat(path)
+    for _ in range(20):
+        os.unlink(path)
+        Path(path).write_text("user data")
+        if os.lstat(path).st_ino == ours.st_ino:
+            break
+    else:
+        # This filesystem did not hand the number out again: write into the journal what
+        # it would have held if it had (only the inode number; dev and birth time stay ours).
+        theirs = os.lstat(path).st_ino
+        lines = [json.loads(line) for line in _journal(state_dir).read_text().splitlines()]
+        for entry in lines:
+            if entry.get("op") == "created" and entry.get("ino") == ours.st_ino:
+                entry["ino"] = theirs
+        _journal(state_dir).write_text("".join(json.dumps(e) + "\n" for e in lines))
+    result = Engine(state_dir=state_dir).recover()
+    assert Path(path).read_text() == "user data"
+    assert len(result.leftovers) == 1 and "not the file mountplan made" in result.leftovers[0]
+
+
+def test_recover_without_a_created_line_keeps_a_file_it_cannot_prove_is_ours(tmp_path: Path, root_dir: str) -> None:
+    """Killed between the create and its ``created`` line; the user then put their data there: it is kept."""
+    state_dir = str(tmp_path / "state")
+    plan = _plan(_file("f", 0o644))
+    _killed_apply(state_dir, plan, root_dir, _KillAt("create_file", after=True))
+    assert '"created"' not in _journal(state_dir).read_text()
+    os.unlink(f"{root_dir}/f")
+    Path(root_dir, "f").write_text("user data")
+    result = Engine(state_dir=state_dir).recover()
+    assert Path(root_dir, "f").read_text() == "user data"
+    assert len(result.leftovers) == 1 and "no inode was recorded" in result.leftovers[0]
+
+
+def test_the_created_journal_line_records_the_birth_time(tmp_path: Path, root_dir: str) -> None:
+    """The ``created`` line of an object (and of a parent made for it) carries the birth time statx reports."""
+    import json
+
+    from mountplan._kernel import AtFlag, root_evidence
+
+    state_dir = str(tmp_path / "state")
+    _killed_apply(state_dir, _plan(_file("d/f", 0o644)), root_dir, _KillAt("fchmod"))
+    created = {e["ino"]: e.get("btime") for e in map(json.loads, _journal(state_dir).read_text().splitlines())
+               if e.get("op") == "created"}
+    root_fd = os.open(root_dir, os.O_PATH | os.O_CLOEXEC)
+    for path in ("d", "d/f"):
+        st = os.lstat(f"{root_dir}/{path}")
+        assert created[st.st_ino] == root_evidence(root_fd, path, AtFlag(0)).btime_ns
+    os.close(root_fd)
