@@ -20,7 +20,7 @@ from typing import Protocol
 from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
 from mountplan.model import ObjectKind, ObjectSpec, Plan
 
-__all__ = ["Found", "ObjectProof", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
+__all__ = ["Found", "ObjectProof", "ObservedObject", "RecordedObject", "diff_objects", "is_same_inode", "is_same_object"]
 
 
 class Found(enum.Enum):
@@ -79,10 +79,14 @@ def is_same_object(proof: ObjectProof, seen: ObservedObject) -> bool:
 
     The one ownership predicate of diff, destroy, rollback and recovery.
     """
-    same_birth = proof.btime is None or seen.btime is None or proof.btime == seen.btime
     same_link = proof.kind != "symlink" or proof.link == seen.link
-    return (seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (proof.dev, proof.ino, proof.kind)
-            and same_birth and same_link)
+    return seen.kind == proof.kind and same_link and is_same_inode(seen, proof.dev, proof.ino, proof.btime)
+
+
+def is_same_inode(seen: ObservedObject, dev: int, ino: int, btime: int | None) -> bool:
+    """``seen`` is inode (dev, ino) born at ``btime`` (where both have one): a reused inode number is not."""
+    same_birth = btime is None or seen.btime is None or btime == seen.btime
+    return seen.found is Found.PRESENT and (seen.dev, seen.ino) == (dev, ino) and same_birth
 
 
 def _drift(spec: ObjectSpec, seen: ObservedObject) -> tuple[FieldChange, ...]:

@@ -19,13 +19,13 @@ from mountplan._kernel import Fd
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectSpec, Plan
-from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_object
+from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_inode, is_same_object
 
 from .context import Context
 from .managed_object import ManagedObject
-from .ownership import observe_at
+from .ownership import identify, observe_at
 from .removal import remove_created
-from .roots import RootHandle, RootSet, resolve_parent
+from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve_parent
 from .state import State
 from .transaction import Transaction, Undo
 
@@ -95,8 +95,12 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
     return None
 
 
-def _open_ours(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) -> Fd | str:
-    """An fd that fchmod/fchown accept, of the object at ``path`` if it is still inode (dev, ino); else why not."""
+def _open_ours(ctx: Context, root: RootHandle, path: str, dev: int, ino: int, btime: int | None) -> Fd | str:
+    """An O_PATH fd of the object at ``path`` if it is still our directory or file (dev, ino, btime); else why not.
+
+    O_PATH opens nothing: a FIFO or device swapped in is never opened, and a file
+    of ours with mode 000 can still be fixed. fchown/fchmod take the fd as it is.
+    """
     shown = f"{root.name}:{path}"
     try:
         parent, name = resolve_parent(ctx.backend, root, path)
@@ -105,19 +109,20 @@ def _open_ours(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) ->
             return f"{shown} is gone"
         raise
     try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        try:
-            fd = Fd(os.open(name, flags, dir_fd=parent.fileno()), f"object:{shown}")
-        except FileNotFoundError:
-            return f"{shown} is gone"
-        except OSError as exc:
-            raise KernelError(exc.errno or errno.EIO, "openat", paths=[shown], flags="O_RDONLY|O_NOFOLLOW") from None
+        found = ctx.backend.openat2_if_exists(parent.fileno(), name, O_PATH_ANY, BENEATH, shown=shown)
     finally:
         parent.close()
-    st = os.fstat(fd.fileno())
-    if (st.st_dev, st.st_ino) != (dev, ino):
+    if found is None:
+        return f"{shown} is gone"
+    fd: Fd = found
+    try:
+        seen = identify(ctx, fd, shown)
+    except BaseException:
         fd.close()
-        return f"{shown} is not the object mountplan made (inode {st.st_ino}, not {ino})"
+        raise
+    if seen.kind not in {"directory", "file"} or not is_same_inode(seen, dev, ino, btime):
+        fd.close()
+        return f"{shown} is not the object mountplan made (a {seen.kind} with inode {seen.ino}, not {ino})"
     return fd
 
 
@@ -130,13 +135,14 @@ def _set(ctx: Context, fd: Fd, shown: str, mode: int, uid: int, gid: int) -> Non
 
 def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectSpec, obj: ManagedObject) -> None:
     """Fix an object's drifted mode/owner in place (fchown, fchmod), journaled with what it had."""
-    fd = _open_ours(ctx, root, spec.path, obj.dev, obj.ino)
+    fd = _open_ours(ctx, root, spec.path, obj.dev, obj.ino, obj.btime)
     if isinstance(fd, str):
         raise ExecutionError(f"cannot fix object {spec.name!r} in place: {fd}; left alone")
     try:
         st = os.fstat(fd.fileno())
         restore = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-        tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore))
+        tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore,
+                       btime=obj.btime))
         _set(ctx, fd, f"{root.name}:{spec.path}", -1 if spec.mode is None else spec.mode,
              -1 if spec.uid is None else spec.uid, -1 if spec.gid is None else spec.gid)
     finally:
@@ -153,7 +159,7 @@ def restore_object(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None
     that is done (with a warning), not a leftover that would block every later run.
     """
     assert item.restore is not None
-    fd = _open_ours(ctx, root, item.path, item.dev, item.ino)
+    fd = _open_ours(ctx, root, item.path, item.dev, item.ino, item.btime)
     if isinstance(fd, str):
         log.warning("undo.object_lost", object=item.mount, reason=f"{fd}; its mode is not restored")
         return

@@ -76,6 +76,8 @@ class Undo:
             entry["link"] = self.link
         if self.op == "chmod":
             entry["dev"], entry["ino"] = self.dev, self.ino
+            if self.btime is not None:
+                entry["btime"] = self.btime
         if self.restore is not None:
             entry["restore"] = self.restore
         return entry
@@ -93,6 +95,7 @@ class Undo:
             submounts=tuple(int(i) for i in entry.get("submounts", ())),
             restore=restore, proof=parse_proof(entry.get("proof")), link=str(entry.get("link", "")),
             dev=int(entry.get("dev", 0)), ino=int(entry.get("ino", 0)),
+            btime=None if entry.get("btime") is None else int(entry["btime"]),
         )
 
 

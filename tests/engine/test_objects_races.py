@@ -290,3 +290,35 @@ def test_the_created_journal_line_records_the_birth_time(tmp_path: Path, root_di
         st = os.lstat(f"{root_dir}/{path}")
         assert created[st.st_ino] == root_evidence(root_fd, path, AtFlag(0)).btime_ns
     os.close(root_fd)
+
+
+def _inotify_open_events(path: str) -> tuple[int, Any]:
+    """An inotify fd watching ``path`` for IN_OPEN (an O_PATH open is not one), and a reader of its event count."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, path.encode(), 0x20) >= 0  # IN_OPEN
+
+    def count() -> int:
+        try:
+            return len(os.read(fd, 65536)) // 16  # struct inotify_event without a name (a watch on the file itself)
+        except BlockingIOError:
+            return 0
+
+    return fd, count
+
+
+def test_a_mode_fix_never_opens_the_object(tmp_path: Path, root_dir: str) -> None:
+    """Fixing and restoring a mode goes through an O_PATH fd: the object itself is never opened (no IN_OPEN)."""
+    engine = _engine(tmp_path)
+    plan = _plan(_file("f", 0o640))
+    engine.apply(plan, {R: root_dir})
+    os.chmod(f"{root_dir}/f", 0o000)
+    fd, opened = _inotify_open_events(f"{root_dir}/f")
+    try:
+        assert engine.apply(plan, {R: root_dir}).updated == ("f",)
+        assert stat.S_IMODE(os.lstat(f"{root_dir}/f").st_mode) == 0o640
+        assert opened() == 0
+    finally:
+        os.close(fd)
