@@ -89,7 +89,10 @@ class MountpointMaker:
             k.mkdirat(dirfd, part, mode if last else 0o755, shown=shown)
         else:
             _mkfile(dirfd, part, mode, shown)
-        st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+        try:
+            st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, "fstatat", paths=[shown], flags="AT_SYMLINK_NOFOLLOW") from None
         # The birth time tells ours from a later object that got the same inode number.
         evidence = k.root_evidence(dirfd, part, AtFlag(0))
         btime = evidence.btime_ns if evidence.ino == st.st_ino else None

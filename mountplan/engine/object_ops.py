@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
-import stat
 from typing import Any
 
 from mountplan._kernel import Fd
@@ -139,8 +137,8 @@ def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectS
     if isinstance(fd, str):
         raise ExecutionError(f"cannot fix object {spec.name!r} in place: {fd}; left alone")
     try:
-        st = os.fstat(fd.fileno())
-        restore = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+        seen = identify(ctx, fd, f"{root.name}:{spec.path}")
+        restore = {"mode": seen.mode, "uid": seen.uid, "gid": seen.gid}
         tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore,
                        btime=obj.btime))
         _set(ctx, fd, f"{root.name}:{spec.path}", -1 if spec.mode is None else spec.mode,

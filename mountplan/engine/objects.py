@@ -111,7 +111,7 @@ class ObjectMaker:
             # their own object right after the create. That one is never chmod'ed,
             # chown'ed or recorded as ours.
             seen = identify(self.ctx, fd, shown)
-            why = _not_just_made(seen, spec, fd, self.tx.since)
+            why = _not_just_made(seen, spec, fd, self.tx.since, shown)
         except BaseException:
             fd.close()
             raise
@@ -182,7 +182,7 @@ def _made_mode(spec: ObjectSpec) -> int:
     return 0o600 if spec.mode is None else spec.mode
 
 
-def _not_just_made(seen: ObservedObject, spec: ObjectSpec, fd: Fd, since: int | None) -> str:
+def _not_just_made(seen: ObservedObject, spec: ObjectSpec, fd: Fd, since: int | None, shown: str) -> str:
     """Why ``seen`` (through ``fd``) cannot be what the create just made, or "" if it plausibly is."""
     if not is_plausibly_new(seen, spec.kind.value, spec.link or "", since):
         owner = f"owned by uid {seen.uid}" if seen.uid != os.geteuid() else "born before this run"
@@ -191,9 +191,16 @@ def _not_just_made(seen: ObservedObject, spec: ObjectSpec, fd: Fd, since: int | 
     if spec.kind is not ObjectKind.SYMLINK and seen.mode & 0o777 & ~_made_mode(spec):
         # The umask only takes bits away: a bit we did not ask for is someone's chmod.
         return f"has mode {seen.mode:04o}, more than the {_made_mode(spec) & 0o777:04o} it was made with"
-    if spec.kind is ObjectKind.DIRECTORY and os.listdir(fd.fileno()):
+    if spec.kind is ObjectKind.DIRECTORY and _has_entries(fd, shown):
         return "is a directory that is not empty"
     return ""
+
+
+def _has_entries(fd: Fd, shown: str) -> bool:
+    try:
+        return bool(os.listdir(fd.fileno()))
+    except OSError as exc:
+        raise KernelError(exc.errno or errno.EIO, "getdents64", paths=[shown]) from None
 
 
 _CREATE_OP = {ObjectKind.DIRECTORY: "mkdirat", ObjectKind.FILE: "openat", ObjectKind.SYMLINK: "symlinkat"}
