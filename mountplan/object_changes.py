@@ -20,7 +20,7 @@ from typing import Protocol
 from mountplan.changes import OBJECT_GONE, OBJECT_REPLACED, Action, Change, FieldChange
 from mountplan.model import ObjectKind, ObjectSpec, Plan
 
-__all__ = ["Found", "ObservedObject", "RecordedObject", "diff_objects", "is_same_object"]
+__all__ = ["Found", "ObjectProof", "ObservedObject", "RecordedObject", "diff_objects", "is_same_inode", "is_same_object"]
 
 
 class Found(enum.Enum):
@@ -48,29 +48,45 @@ class ObservedObject:
     link: str = ""
     detail: str = ""
     btime: int | None = None
+    size: int = 0
 
 
-class RecordedObject(Protocol):
+class ObjectProof(Protocol):
+    """What proves an object is the one mountplan made (a state record, a journal line)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def dev(self) -> int: ...
+    @property
+    def ino(self) -> int: ...
+    @property
+    def link(self) -> str: ...
+    @property
+    def btime(self) -> int | None: ...
+
+
+class RecordedObject(ObjectProof, Protocol):
     """What the state file says apply made (engine.state.ManagedObject)."""
 
     name: str
     root: str
     path: str
-    kind: str
-    dev: int
-    ino: int
-    link: str
-    btime: int | None
 
 
-def is_same_object(rec: RecordedObject, seen: ObservedObject) -> bool:
-    """The object at the path is the one recorded: device, inode, kind and (where both have one) birth time."""
-    same_birth = rec.btime is None or seen.btime is None or rec.btime == seen.btime
-    return seen.found is Found.PRESENT and (seen.dev, seen.ino, seen.kind) == (rec.dev, rec.ino, rec.kind) and same_birth
+def is_same_object(proof: ObjectProof, seen: ObservedObject) -> bool:
+    """The object at the path is the one proven: device, inode, kind, a symlink's text and (where both have one) birth time.
+
+    The one ownership predicate of diff, destroy, rollback and recovery.
+    """
+    same_link = proof.kind != "symlink" or proof.link == seen.link
+    return seen.kind == proof.kind and same_link and is_same_inode(seen, proof.dev, proof.ino, proof.btime)
 
 
-def _is_ours(rec: RecordedObject, seen: ObservedObject) -> bool:
-    return is_same_object(rec, seen)
+def is_same_inode(seen: ObservedObject, dev: int, ino: int, btime: int | None) -> bool:
+    """``seen`` is inode (dev, ino) born at ``btime`` (where both have one): a reused inode number is not."""
+    same_birth = btime is None or seen.btime is None or btime == seen.btime
+    return seen.found is Found.PRESENT and (seen.dev, seen.ino) == (dev, ino) and same_birth
 
 
 def _drift(spec: ObjectSpec, seen: ObservedObject) -> tuple[FieldChange, ...]:
@@ -106,11 +122,19 @@ def diff_objects(
         rec = by_name.get(spec.name)
         where = f"{spec.root}:{spec.path}"
         fresh = _fresh_holder(spec, fresh_mounts)
+        seen = observed.get(spec.name, ObservedObject(Found.ABSENT))
+        if rec is not None and (rec.root, rec.path) != (spec.root, spec.path):
+            # Moved in the plan: ours at the old path goes, a new one is made at
+            # the new path (forgetting the old one would leak it past destroy).
+            changes.append(Change(spec.name, spec.root, spec.path, Action.REPLACE,
+                                  (FieldChange("path", where, f"{rec.root}:{rec.path}"),), "path forces replacement"))
+            if fresh is None:
+                problems += _occupied(spec, seen, where)
+            continue
         if fresh is not None:
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE,
                                   reason=f"{spec.describe()}; in {fresh!r}, which apply (re)creates"))
             continue
-        seen = observed.get(spec.name, ObservedObject(Found.ABSENT))
         if seen.found is Found.BLOCKED:
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=spec.describe()))
             problems.append(f"{spec.name} ({where}): {seen.detail}")
@@ -127,7 +151,7 @@ def diff_objects(
             reason = spec.describe() if rec is None else OBJECT_GONE
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
             continue
-        if rec is None or not _is_ours(rec, seen):
+        if rec is None or not is_same_object(rec, seen):
             # Never ours, or replaced since: someone else's; never removed or replaced.
             reason = spec.describe() if rec is None else OBJECT_REPLACED
             changes.append(Change(spec.name, spec.root, spec.path, Action.CREATE, reason=reason))
@@ -151,6 +175,17 @@ def diff_objects(
             orphan = Change(rec.name, rec.root, rec.path, Action.DELETE, reason="no longer in the plan")
             (changes if prune else kept).append(orphan)
     return changes, kept, problems
+
+
+def _occupied(spec: ObjectSpec, seen: ObservedObject, where: str) -> list[str]:
+    """Why a new object cannot be made at ``where`` (it is not ours to replace), if it cannot."""
+    if seen.found is Found.BLOCKED:
+        return [f"{spec.name} ({where}): {seen.detail}"]
+    if seen.found is Found.COVERED:
+        return [f"{spec.name} ({where}): EEXIST: a mount is on this path already"]
+    if seen.found is Found.PRESENT:
+        return [f"{spec.name} ({where}): EEXIST: a {seen.kind} mountplan did not make is there; it is left alone"]
+    return []
 
 
 def _fresh_holder(spec: ObjectSpec, fresh_mounts: Mapping[tuple[str, str], str]) -> str | None:

@@ -35,6 +35,10 @@ umount2 = _libc.umount2
 umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 umount2.restype = ctypes.c_int
 
+fchownat = _libc.fchownat
+fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+fchownat.restype = ctypes.c_int
+
 statx = _libc.statx
 statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 statx.restype = ctypes.c_int
@@ -57,6 +61,7 @@ _GENERIC = {
     "fspick": 433,
     "openat2": 437,
     "mount_setattr": 442,
+    "fchmodat2": 452,
     "statmount": 457,
     "listmount": 458,
     "open_tree_attr": 467,

@@ -6,11 +6,14 @@ component, so nothing here ever walks a path the root's contents could redirect.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
 from mountplan.errors import KernelError
 
+from . import _libc
+from .constants import AtFlag
 from .fd import Fd
 
 __all__ = ["create_file", "fchmod", "fchown", "open_directory", "symlinkat", "unlinkat"]
@@ -54,19 +57,37 @@ def open_directory(dirfd: int, name: str, shown: str = "") -> Fd:
 
 
 def fchmod(fd: int, mode: int, shown: str = "") -> None:
-    """Set exact permission bits (mkdirat and openat are subject to the umask)."""
+    """Set exact permission bits (mkdirat and openat are subject to the umask) on any fd, O_PATH too.
+
+    An O_PATH fd (an object opened without opening *it*: no FIFO or device side
+    effects, no read permission needed) takes fchmodat2(AT_EMPTY_PATH) (6.6), or
+    chmod of its /proc/self/fd magic link on older kernels.
+    """
+    mode &= 0o7777
     try:
-        os.fchmod(fd, mode & 0o7777)
+        os.fchmod(fd, mode)
+        return
     except OSError as exc:
-        raise _fail(exc, "fchmod", shown, oct(mode)) from None
+        if exc.errno != errno.EBADF:
+            raise _fail(exc, "fchmod", shown, oct(mode)) from None
+    ret = _libc.syscall("fchmodat2", ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_uint(mode), ctypes.c_int(AtFlag.EMPTY_PATH))
+    if ret == 0:
+        return
+    if ret != -errno.ENOSYS:
+        raise KernelError(-ret, "fchmodat2", paths=[shown], flags=f"AT_EMPTY_PATH {oct(mode)}")
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    except OSError as exc:
+        raise _fail(exc, "chmod", shown or f"/proc/self/fd/{fd}", oct(mode)) from None
 
 
 def fchown(fd: int, uid: int, gid: int, shown: str = "") -> None:
-    """Set the owner; -1 leaves that id alone."""
-    try:
-        os.fchown(fd, uid, gid)
-    except OSError as exc:
-        raise _fail(exc, "fchown", shown, f"uid={uid} gid={gid}") from None
+    """Set the owner of any fd, O_PATH too (``fchownat(fd, "", AT_EMPTY_PATH)``); -1 leaves that id alone."""
+    ret = _libc.call(_libc.fchownat, fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, int(AtFlag.EMPTY_PATH | AtFlag.SYMLINK_NOFOLLOW))
+    if ret < 0:
+        err = -ret
+        hint = "the uid or gid is not mapped in this user namespace" if err == errno.EINVAL else ""
+        raise KernelError(err, "fchownat", paths=[shown], flags=f"AT_EMPTY_PATH uid={uid} gid={gid}", hint=hint)
 
 
 def unlinkat(dirfd: int, name: str, *, directory: bool = False, shown: str = "") -> None:

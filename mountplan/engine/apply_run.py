@@ -54,6 +54,12 @@ engine: Engine,
         changes = engine._diff(plan, rootset, state, prune=prune, live=live)
     else:
         changes, live = planned
+    if changes.problems:
+        # Known before anything runs (something foreign at a planned object's
+        # path, a blocked path): acting first would only end in a rollback.
+        raise ExecutionError(
+            f"apply {plan.name!r} refused before changing anything: " + "; ".join(changes.problems)
+        )
     unchanged = [c.mount for c in changes.changes if c.action is Action.NOOP]
     for foreign in changes.foreign:
         plog.warning("foreign_mount", mount_point=foreign.mount_point, near=foreign.near)

@@ -126,7 +126,7 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
         plog.warning("destroy.kept", mounts=[m.name for m in kept])
         error = CoveredError if all("covered" in c for c in covered) else ForeignMountError
         raise error(
-            f"destroy {plan_name!r}: {len(removed)} unmounted, {len(kept)} kept in the state: " + "; ".join(covered),
+            f"destroy {plan_name!r}: {len(removed)} removed, {len(kept)} kept in the state: " + "; ".join(covered),
             leftovers=[m.name for m in kept],
         )
     plog.info("destroy.done", removed=len(removed), already_gone=len(gone), kept_objects=len(kept_objects))

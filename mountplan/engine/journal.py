@@ -84,7 +84,9 @@ def _entry_problem(e: Any) -> str | None:
             return f"malformed {op!r} entry (root, path, mount, mnt_id, unique, recursive, submounts)"
         return None if op != "update" or _is_restore(e.get("restore")) else "malformed 'restore' of an update"
     if op == "created":
-        return None if all_uints(e.get("ref"), e.get("dev"), e.get("ino")) else "malformed 'created' entry"
+        btime = e.get("btime")  # absent in journals written before birth times were recorded
+        ok = all_uints(e.get("ref"), e.get("dev"), e.get("ino")) and (btime is None or type(btime) is int)
+        return None if ok else "malformed 'created' entry"
     if op in ("undone", "attached"):
         return None if all_uints(e.get("ref")) and valid_submounts(e) else f"malformed {op!r} entry"
     return None  # an op this version does not know: passed on, the engine decides (seq and op are sound)

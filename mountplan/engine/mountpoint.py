@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from mountplan._kernel import Fd
+from mountplan._kernel import AtFlag, Fd
 from mountplan.errors import KernelError
 from mountplan.model import MountSpec, ObjectSpec
 
@@ -89,9 +89,15 @@ class MountpointMaker:
             k.mkdirat(dirfd, part, mode if last else 0o755, shown=shown)
         else:
             _mkfile(dirfd, part, mode, shown)
-        st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
-        self.tx.created(item, st.st_dev, st.st_ino)
-        created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino})
+        try:
+            st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+        except OSError as exc:
+            raise KernelError(exc.errno or errno.EIO, "fstatat", paths=[shown], flags="AT_SYMLINK_NOFOLLOW") from None
+        # The birth time tells ours from a later object that got the same inode number.
+        evidence = k.root_evidence(dirfd, part, AtFlag(0))
+        btime = evidence.btime_ns if evidence.ino == st.st_ino else None
+        self.tx.created(item, st.st_dev, st.st_ino, btime)
+        created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino, "btime": btime})
         return no_symlink(k.openat2(dirfd, part, flags, BENEATH, shown=shown), shown)
 
 

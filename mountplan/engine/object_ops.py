@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
-import stat
 from typing import Any
 
-from mountplan._kernel import AtFlag, Fd
+from mountplan._kernel import Fd
 from mountplan.changes import Action, ChangeSet
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectSpec, Plan
-from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_object
+from mountplan.object_changes import Found, ObservedObject, diff_objects, is_same_inode, is_same_object
 
 from .context import Context
 from .managed_object import ManagedObject
+from .ownership import identify, observe_at
 from .removal import remove_created
-from .roots import RootHandle, RootSet, resolve_parent
+from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet, resolve_parent
 from .state import State
 from .transaction import Transaction, Undo
 
@@ -32,13 +31,6 @@ __all__ = ["forget_or_remove_object", "observe_object", "prune_object", "remove_
 
 #: A parent path beneath the root that holds a symlink (ELOOP), leaves the root (EXDEV) or a non-directory.
 _BLOCKED = frozenset({errno.ELOOP, errno.EXDEV, errno.ENOTDIR})
-_KINDS = {stat.S_IFDIR: "directory", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
-
-
-def _kind(st: os.stat_result) -> str:
-    return _KINDS.get(stat.S_IFMT(st.st_mode), "other")
-
-
 def _parent(ctx: Context, root: RootHandle, path: str) -> tuple[Fd, str] | KernelError:
     try:
         return resolve_parent(ctx.backend, root, path)
@@ -57,26 +49,9 @@ def observe_object(ctx: Context, root: RootHandle, path: str) -> ObservedObject:
         raise found
     parent, name = found
     try:
-        return _observe_at(ctx, parent, name)
+        return observe_at(ctx, parent, name, f"{root.name}:{path}")
     finally:
         parent.close()
-
-
-def _observe_at(ctx: Context, parent: Fd, name: str) -> ObservedObject:
-    try:
-        st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
-    except FileNotFoundError:
-        return ObservedObject(Found.ABSENT)
-    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-        # A mount on top shows its own root here, not what lies under it.
-        here = ctx.backend.statx_mount_ids(parent.fileno(), name, AtFlag.SYMLINK_NOFOLLOW)
-        if here.mnt_id != ctx.backend.statx_mount_ids(parent.fileno()).mnt_id:
-            return ObservedObject(Found.COVERED)
-    link = os.readlink(name, dir_fd=parent.fileno()) if stat.S_ISLNK(st.st_mode) else ""
-    evidence = ctx.backend.root_evidence(parent.fileno(), name, AtFlag(0))
-    btime = evidence.btime_ns if evidence.ino == st.st_ino else None
-    return ObservedObject(Found.PRESENT, _kind(st), st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode),
-                          st.st_uid, st.st_gid, link, btime=btime)
 
 
 def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) -> tuple[str, bool] | None:
@@ -95,13 +70,13 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
         return f"{obj.kind} {shown} (object {obj.name!r}) cannot be reached beneath its root: {found}; left alone", False
     parent, name = found
     try:
-        seen = _observe_at(ctx, parent, name)
+        seen = observe_at(ctx, parent, name, shown)
         if seen.found is Found.ABSENT:
             log.warning("destroy.object_gone", object=obj.name, path=shown)
             return None
         if seen.found is Found.COVERED:
             return f"{obj.kind} {shown} (object {obj.name!r}) is covered by a mount mountplan did not make; left alone", True
-        if not is_same_object(obj, seen) or seen.link != obj.link:
+        if not is_same_object(obj, seen):
             what = f"a {seen.kind}" + (f" -> {seen.link!r}" if seen.link else "")
             return (f"{shown} (object {obj.name!r}) is no longer the {obj.kind} mountplan made (it is {what} "
                     f"with inode {seen.ino}, not {obj.ino}); left alone"), False
@@ -118,21 +93,34 @@ def remove_object(ctx: Context, root: RootHandle, obj: ManagedObject, log: Any) 
     return None
 
 
-def _open_verified(ctx: Context, root: RootHandle, path: str, dev: int, ino: int) -> Fd:
-    """An fd that fchmod/fchown accept, of the object at ``path`` if it is still inode (dev, ino)."""
-    parent, name = resolve_parent(ctx.backend, root, path)
+def _open_ours(ctx: Context, root: RootHandle, path: str, dev: int, ino: int, btime: int | None) -> Fd | str:
+    """An O_PATH fd of the object at ``path`` if it is still our directory or file (dev, ino, btime); else why not.
+
+    O_PATH opens nothing: a FIFO or device swapped in is never opened, and a file
+    of ours with mode 000 can still be fixed. fchown/fchmod take the fd as it is.
+    """
+    shown = f"{root.name}:{path}"
     try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        try:
-            fd = Fd(os.open(name, flags, dir_fd=parent.fileno()), f"object:{root.name}:{path}")
-        except OSError as exc:
-            raise KernelError(exc.errno or errno.EIO, "openat", paths=[f"{root.name}:{path}"], flags="O_RDONLY|O_NOFOLLOW") from None
+        parent, name = resolve_parent(ctx.backend, root, path)
+    except KernelError as exc:
+        if exc.errno in {errno.ENOENT, errno.ENOTDIR}:
+            return f"{shown} is gone"
+        raise
+    try:
+        found = ctx.backend.openat2_if_exists(parent.fileno(), name, O_PATH_ANY, BENEATH, shown=shown)
     finally:
         parent.close()
-    st = os.fstat(fd.fileno())
-    if (st.st_dev, st.st_ino) != (dev, ino):
+    if found is None:
+        return f"{shown} is gone"
+    fd: Fd = found
+    try:
+        seen = identify(ctx, fd, shown)
+    except BaseException:
         fd.close()
-        raise ExecutionError(f"{root.name}:{path} is not the object mountplan made; left alone")
+        raise
+    if seen.kind not in {"directory", "file"} or not is_same_inode(seen, dev, ino, btime):
+        fd.close()
+        return f"{shown} is not the object mountplan made (a {seen.kind} with inode {seen.ino}, not {ino})"
     return fd
 
 
@@ -145,11 +133,14 @@ def _set(ctx: Context, fd: Fd, shown: str, mode: int, uid: int, gid: int) -> Non
 
 def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectSpec, obj: ManagedObject) -> None:
     """Fix an object's drifted mode/owner in place (fchown, fchmod), journaled with what it had."""
-    fd = _open_verified(ctx, root, spec.path, obj.dev, obj.ino)
+    fd = _open_ours(ctx, root, spec.path, obj.dev, obj.ino, obj.btime)
+    if isinstance(fd, str):
+        raise ExecutionError(f"cannot fix object {spec.name!r} in place: {fd}; left alone")
     try:
-        st = os.fstat(fd.fileno())
-        restore = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-        tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore))
+        seen = identify(ctx, fd, f"{root.name}:{spec.path}")
+        restore = {"mode": seen.mode, "uid": seen.uid, "gid": seen.gid}
+        tx.record(Undo(0, "chmod", root.name, spec.path, mount=spec.name, dev=obj.dev, ino=obj.ino, restore=restore,
+                       btime=obj.btime))
         _set(ctx, fd, f"{root.name}:{spec.path}", -1 if spec.mode is None else spec.mode,
              -1 if spec.uid is None else spec.uid, -1 if spec.gid is None else spec.gid)
     finally:
@@ -159,10 +150,17 @@ def update_object(ctx: Context, tx: Transaction, root: RootHandle, spec: ObjectS
     obj.gid = obj.gid if spec.gid is None else spec.gid
 
 
-def restore_object(ctx: Context, item: Undo, root: RootHandle) -> None:
-    """Undo an in-place mode/owner change (only on the inode it was made to)."""
+def restore_object(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None:
+    """Undo an in-place mode/owner change (only on the inode it was made to).
+
+    An object that is gone or no longer ours leaves nothing of ours to restore:
+    that is done (with a warning), not a leftover that would block every later run.
+    """
     assert item.restore is not None
-    fd = _open_verified(ctx, root, item.path, item.dev, item.ino)
+    fd = _open_ours(ctx, root, item.path, item.dev, item.ino, item.btime)
+    if isinstance(fd, str):
+        log.warning("undo.object_lost", object=item.mount, reason=f"{fd}; its mode is not restored")
+        return
     try:
         r = item.restore
         _set(ctx, fd, f"{root.name}:{item.path}", int(r["mode"]), int(r["uid"]), int(r["gid"]))
@@ -180,9 +178,14 @@ def forget_or_remove_object(ctx: Context, state: State, name: str, action: Actio
         return []
     obj = state.object(name)
     if action is Action.REPLACE:
-        outcome = remove_object(ctx, rootset[obj.root], obj, log)
+        root = rootset.get(obj.root)
+        if root is None:
+            raise ExecutionError(f"cannot replace object {name!r}: its root {obj.root!r} is not open (the plan no longer names it)")
+        outcome = remove_object(ctx, root, obj, log)
         if outcome is not None:
-            raise ExecutionError(f"cannot replace object {name!r}: {outcome[0]}")
+            if outcome[1]:  # still ours (covered, or a directory someone filled): it must go first
+                raise ExecutionError(f"cannot replace object {name!r}: {outcome[0]}")
+            log.warning("apply.forgot_object", object=name, reason=outcome[0])
         state.objects.remove(obj)
         return [name]
     state.objects.remove(obj)

@@ -5,8 +5,10 @@ NO_MAGICLINKS; missing directories are made and journaled like mountpoints), and
 the object is made relative to that fd with one path component: a symlink the
 root's contents planted anywhere on the way is refused, never followed. What is
 already at the path is never taken over: it is EEXIST, before anything is
-journaled. Each creation is journaled before the syscall, then its device and
-inode, so undo and destroy remove only that inode.
+journaled. Each creation is journaled before the syscall; then what is at the
+path is opened (O_NOFOLLOW) and identified through that fd, and only if it is
+plausibly what the create made (empty, ours, the mode we made it with) are its
+device, inode and birth time journaled, so undo and destroy remove only that.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mountplan._kernel import AtFlag, BorrowedFd, Fd
+from mountplan._kernel import BorrowedFd, Fd
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectKind, ObjectSpec
+from mountplan.object_changes import ObservedObject
 
 from .context import Context
 from .managed_object import ManagedObject
 from .mountpoint import MountpointMaker
+from .ownership import identify, is_plausibly_new
 from .roots import BENEATH, O_PATH_ANY, RootHandle, RootSet
 from .transaction import Transaction, Undo
 
@@ -94,35 +98,55 @@ class ObjectMaker:
         # Journal first: a crash after the syscall leaves a line recovery can act on.
         item = self.tx.record(Undo(0, op, root.name, spec.path, mount=spec.name, link=spec.link or ""))
         try:
-            h.fd = make(h.parent.fileno(), name, shown)
+            made = make(h.parent.fileno(), name, shown)
         except BaseException:
             self.tx.abandon(item)  # nothing was made: an undo would remove whatever is there
             raise
-        st = os.fstat(h.fd.fileno()) if h.fd is not None else os.stat(name, dir_fd=h.parent.fileno(), follow_symlinks=False)
-        h.dev, h.ino = st.st_dev, st.st_ino
-        self.tx.created(item, st.st_dev, st.st_ino)
-        evidence = self.ctx.backend.root_evidence(h.parent.fileno(), name, AtFlag(0))
-        h.btime = evidence.btime_ns if evidence.ino == st.st_ino else None
+        # If opening fails, the item stays without a ``created`` line: undo then
+        # removes only an empty object of ours born since the journal began.
+        fd = made if made is not None else self._open_made(spec, h.parent.fileno(), name, shown)
+        try:
+            # Identity from the fd of what is there now, not from a later lookup by
+            # name: someone with write access to the parent may have swapped in
+            # their own object right after the create. That one is never chmod'ed,
+            # chown'ed or recorded as ours.
+            seen = identify(self.ctx, fd, shown)
+            why = _not_just_made(seen, spec, fd, self.tx.since, shown)
+        except BaseException:
+            fd.close()
+            raise
+        if why:
+            fd.close()
+            self.tx.abandon(item)
+            raise ExecutionError(f"{shown}: what is there after {_CREATE_OP[spec.kind]} {why}, so it is not taken over; left alone")
+        self.tx.created(item, seen.dev, seen.ino, seen.btime)
+        h.dev, h.ino, h.btime = seen.dev, seen.ino, seen.btime
+        if spec.kind is ObjectKind.SYMLINK:
+            fd.close()  # an O_PATH fd of the link itself: nothing more is done through it
+        else:
+            h.fd = fd
+
+    def _open_made(self, spec: ObjectSpec, dirfd: int, name: str, shown: str) -> Fd:
+        """Open what mkdirat/symlinkat just made, without following a symlink at its name."""
+        k = self.ctx.backend
+        if spec.kind is ObjectKind.DIRECTORY:
+            # O_RDONLY|O_DIRECTORY|O_NOFOLLOW: an fd that fchmod/fchown and listdir accept.
+            fd: Fd = k.open_directory(dirfd, name, shown=shown)
+            return fd
+        link: Fd = k.openat2(dirfd, name, O_PATH_ANY, BENEATH, shown=shown)
+        return link
 
     def _mkdirat(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         k = self.ctx.backend
 
         def make(dirfd: int, name: str, shown: str) -> None:
-            k.mkdirat(dirfd, name, 0o700 if spec.mode is None else spec.mode & 0o777, shown=shown)
+            k.mkdirat(dirfd, name, _made_mode(spec), shown=shown)
 
         self._create(spec, root, h, "mkdir", make)
-        assert h.parent is not None
-        shown = f"{root.name}:{spec.path}"
-        # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in after mkdirat is refused,
-        # and another directory is caught by its inode (fchmod must hit ours).
-        h.fd = k.open_directory(h.parent.fileno(), spec.path.rpartition("/")[2], shown=shown)
-        st = os.fstat(h.fd.fileno())
-        if (st.st_dev, st.st_ino) != (h.dev, h.ino):
-            raise ExecutionError(f"{shown} was replaced between mkdirat and open; left alone")
 
     def _create_file(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         k = self.ctx.backend
-        mode = 0o600 if spec.mode is None else spec.mode
+        mode = _made_mode(spec)
 
         def make(dirfd: int, name: str, shown: str) -> Fd:
             fd: Fd = k.create_file(dirfd, name, mode, shown=shown)
@@ -149,6 +173,34 @@ class ObjectMaker:
     def _fchmod(self, step: Step, spec: ObjectSpec, root: RootHandle, h: ObjectHandles) -> None:
         assert h.fd is not None and spec.mode is not None
         self.ctx.backend.fchmod(h.fd.fileno(), spec.mode, shown=f"{root.name}:{spec.path}")
+
+
+def _made_mode(spec: ObjectSpec) -> int:
+    """The mode mkdirat/openat create the object with (before the umask)."""
+    if spec.kind is ObjectKind.DIRECTORY:
+        return 0o700 if spec.mode is None else spec.mode & 0o777
+    return 0o600 if spec.mode is None else spec.mode
+
+
+def _not_just_made(seen: ObservedObject, spec: ObjectSpec, fd: Fd, since: int | None, shown: str) -> str:
+    """Why ``seen`` (through ``fd``) cannot be what the create just made, or "" if it plausibly is."""
+    if not is_plausibly_new(seen, spec.kind.value, spec.link or "", since):
+        owner = f"owned by uid {seen.uid}" if seen.uid != os.geteuid() else "born before this run"
+        what = f"a {seen.kind}" + (f" -> {seen.link!r}" if seen.link else "")
+        return f"is {what} ({owner}, or not empty, or not the planned kind or text)"
+    if spec.kind is not ObjectKind.SYMLINK and seen.mode & 0o777 & ~_made_mode(spec):
+        # The umask only takes bits away: a bit we did not ask for is someone's chmod.
+        return f"has mode {seen.mode:04o}, more than the {_made_mode(spec) & 0o777:04o} it was made with"
+    if spec.kind is ObjectKind.DIRECTORY and _has_entries(fd, shown):
+        return "is a directory that is not empty"
+    return ""
+
+
+def _has_entries(fd: Fd, shown: str) -> bool:
+    try:
+        return bool(os.listdir(fd.fileno()))
+    except OSError as exc:
+        raise KernelError(exc.errno or errno.EIO, "getdents64", paths=[shown]) from None
 
 
 _CREATE_OP = {ObjectKind.DIRECTORY: "mkdirat", ObjectKind.FILE: "openat", ObjectKind.SYMLINK: "symlinkat"}

@@ -17,11 +17,11 @@ from .destroy import destroy_locked
 from .removal import remove_mount, remove_path
 from .roots import RootHandle, RootIdentity, RootSet, reopen_root
 from .state import StateStore
-from .transaction import UNDOABLE, Transaction, Undo
+from .transaction import UNDOABLE, Transaction, Undo, created_entry
 from .update import restore
 
 
-def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
+def undo_one(ctx: Context, item: Undo, root: RootHandle, log: Any) -> None:
     """Undo one journaled change. A mount of ours covered by a foreign one raises (and is kept)."""
     if item.op == "update":
         restore(ctx, item, root)
@@ -31,9 +31,9 @@ def undo_one(ctx: Context, item: Undo, root: RootHandle) -> None:
     elif item.op == "chmod":
         from .object_ops import restore_object  # planned objects only
 
-        restore_object(ctx, item, root)
+        restore_object(ctx, item, root, log)
     else:
-        remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link)
+        remove_path(ctx, root, item.op, item.path, item.dev, item.ino, link=item.link, btime=item.btime, since=item.since)
 
 
 def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log: Any) -> list[str]:
@@ -41,7 +41,7 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
     failed: list[tuple[Undo, Exception]] = []
     for item in reversed(tx.undo):
         try:
-            undo_one(ctx, item, roots[item.root])
+            undo_one(ctx, item, roots[item.root], log)
             tx.undone(item)
         except Exception as first:  # noqa: BLE001 - carry on: report every leftover, not just the first
             failed.append((item, first))
@@ -52,7 +52,7 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
         reason: Exception = error
         if item.op != "mount":
             try:
-                undo_one(ctx, item, roots[item.root])
+                undo_one(ctx, item, roots[item.root], log)
                 tx.undone(item)
                 continue
             except Exception as again:  # noqa: BLE001 - reported as a leftover
@@ -65,6 +65,8 @@ def rollback(ctx: Context, tx: Transaction, roots: Mapping[str, RootHandle], log
 def pending(entries: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[int, Undo], list[str]]:
     """The header, the changes not yet undone, and the lines too malformed to act on."""
     header = next((e for e in entries if e.get("op") == "begin"), None)
+    since = (header or {}).get("since")
+    since = since if type(since) is int else None
     items: dict[int, Undo] = {}
     bad: list[str] = []
     for e in entries:
@@ -72,13 +74,15 @@ def pending(entries: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[
         try:
             if op in UNDOABLE:
                 item = Undo.from_entry(e)
+                item.since = since
                 items[item.seq] = item
             elif op in {"created", "undone"}:
                 ref = items.get(int(e["ref"]))
                 if ref is None:
                     continue
                 if op == "created":
-                    ref.dev, ref.ino = int(e["dev"]), int(e["ino"])
+                    btime = e.get("btime")
+                    ref.dev, ref.ino, ref.btime = int(e["dev"]), int(e["ino"]), None if btime is None else int(btime)
                 else:
                     items.pop(ref.seq, None)
         except (KeyError, TypeError, ValueError) as exc:
@@ -118,7 +122,7 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
                 left_items.append(item)
                 continue
             try:
-                undo_one(ctx, item, root)
+                undo_one(ctx, item, root, plog)
                 undone.append(item.describe())
                 plog.info("recover.undone", item=item.describe())
             except Exception as exc:  # noqa: BLE001 - recover goes on; the leftover is reported
@@ -204,5 +208,5 @@ def _rewrite_journal(store: StateStore, header: dict[str, Any] | None, items: li
     for item in sorted(items, key=lambda i: i.seq):
         seq = store.journal_write(item.to_entry())
         if item.ino:
-            store.journal_write({"op": "created", "ref": seq, "dev": item.dev, "ino": item.ino})
+            store.journal_write(created_entry(seq, item.dev, item.ino, item.btime))
     store.journal_close(remove=False)

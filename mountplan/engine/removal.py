@@ -11,16 +11,18 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mountplan._kernel import Fd, Resolve
 from mountplan.changes import descendants, mount_key
 from mountplan.errors import BusyError, ExecutionError, KernelError
 from mountplan.livetable import read_live_table
+from mountplan.object_changes import Found, is_same_object
 
 from .context import Context
+from .ownership import OP_KIND, is_plausibly_new, observe_at
 from .roots import O_PATH_DIR, RootHandle, resolve_parent
 from .unmount import ForeignMountError, describe, find_mount, is_ours_at, unmount_owned
 
@@ -124,13 +126,18 @@ def _remove_elsewhere(ctx: Context, mount_point: str, mnt_id: int, *, recursive:
 
 
 def remove_path(
-    ctx: Context, root: RootHandle, op: str, path: str, dev: int, ino: int, at: tuple[Fd, str] | None = None, link: str = ""
+    ctx: Context, root: RootHandle, op: str, path: str, dev: int, ino: int, at: tuple[Fd, str] | None = None,
+    link: str = "", *, btime: int | None = None, since: int | None = None,
 ) -> None:
-    """Remove a directory, file or symlink (``mklink``) apply created, if it is still that inode (beneath the root, no symlinks).
+    """Remove a directory, file or symlink (``mklink``) a create made, if it is still what it made (beneath the root, no symlinks).
 
-    A symlink must also still hold ``link``: without a recorded inode (a run killed
-    between symlinkat and its journal line) that text is the only proof.
+    With a recorded inode the proof is :func:`is_same_object` (device, inode, birth
+    time, kind, a symlink's text). Without one (a run killed between the create and
+    its ``created`` line) only an empty object of ours born since the journal began
+    (``since``) is removed: anything else may be someone's, and is left alone.
     """
+    shown = f"{root.name}:{path}"
+    kind = OP_KIND[op]
     if at is not None:
         parent, name = at
     else:
@@ -141,23 +148,35 @@ def remove_path(
                 return
             raise
     try:
-        try:
-            st = os.stat(name, dir_fd=parent.fileno(), follow_symlinks=False)
-        except FileNotFoundError:
+        seen = observe_at(ctx, parent, name, shown)
+        if seen.found is Found.ABSENT:
             return
-        if ino and (st.st_dev, st.st_ino) != (dev, ino):
-            raise ExecutionError(f"{root.name}:{path} is not the {op} mountplan made; left alone")
-        if op == "mklink" and (not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=parent.fileno()) != link):
-            raise ExecutionError(f"{root.name}:{path} is not the symlink to {link!r} mountplan made; left alone")
-        if op == "mkdir":
-            os.rmdir(name, dir_fd=parent.fileno())
+        if seen.found is Found.COVERED:
+            raise KernelError(errno.EBUSY, "unlinkat", paths=[shown], hint="a mount is on it")
+        if ino:
+            ours = is_same_object(_Proof(kind, dev, ino, link, btime), seen)
         else:
-            os.unlink(name, dir_fd=parent.fileno())
-    except OSError as exc:
-        raise KernelError(exc.errno or errno.EIO, "rmdir" if op == "mkdir" else "unlink", paths=[f"{root.name}:{path}"]) from None
+            ours = is_plausibly_new(seen, kind, link, since)
+        if not ours:
+            what = f"symlink to {link!r}" if kind == "symlink" else kind
+            proof = "" if ino else " (no inode was recorded, and it is not an empty one of ours made since the run began)"
+            raise ExecutionError(f"{shown} is not the {what} mountplan made{proof}; left alone")
+        # There is no unlink by fd: a swap between the look above and unlinkat can
+        # only put another name *inside* the root under it (the parent fd is pinned
+        # beneath the root), never send the removal outside.
+        ctx.backend.unlinkat(parent.fileno(), name, directory=kind == "directory", shown=shown)
     finally:
         if at is None:
             parent.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Proof:
+    kind: str
+    dev: int
+    ino: int
+    link: str
+    btime: int | None
 
 
 def remove_created(ctx: Context, created: Sequence[dict[str, Any]], root: RootHandle, log: Any) -> None:
@@ -167,8 +186,9 @@ def remove_created(ctx: Context, created: Sequence[dict[str, Any]], root: RootHa
     """
     for item in reversed(created):
         try:
+            btime = item.get("btime")
             remove_path(ctx, root, str(item["op"]), str(item["path"]), int(item["dev"]), int(item["ino"]),
-                        link=str(item.get("link", "")))
+                        link=str(item.get("link", "")), btime=None if btime is None else int(btime))
         except ExecutionError as exc:
             log.warning("destroy.kept_mountpoint", path=f"{root.name}:{item['path']}", reason=str(exc))
         except KernelError as exc:

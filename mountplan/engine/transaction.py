@@ -7,11 +7,15 @@ has its own store, journal fd and undo list.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .journal import parse_proof
 from .state import StateStore
+
+# Linux's CLOCK_REALTIME_COARSE (time has no name for it before Python 3.13).
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 
 #: Journal ops that record a change (and so have an undo).
 UNDOABLE = frozenset({"mount", "mkdir", "mkfile", "update", "mklink", "chmod"})
@@ -40,6 +44,11 @@ class Undo:
     restore: dict[str, Any] | None = None
     #: op "mklink": the symlink's text (undo removes only a symlink with this text)
     link: str = ""
+    #: birth time (ns) of what a create made, from its ``created`` line (None: not recorded)
+    btime: int | None = None
+    #: when the journal began (ns, the coarse clock inodes are stamped with), from its header:
+    #: a create without a ``created`` line can only have made something born since
+    since: int | None = None
 
     def describe(self) -> str:
         if self.op == "mount":
@@ -67,6 +76,8 @@ class Undo:
             entry["link"] = self.link
         if self.op == "chmod":
             entry["dev"], entry["ino"] = self.dev, self.ino
+            if self.btime is not None:
+                entry["btime"] = self.btime
         if self.restore is not None:
             entry["restore"] = self.restore
         return entry
@@ -84,7 +95,21 @@ class Undo:
             submounts=tuple(int(i) for i in entry.get("submounts", ())),
             restore=restore, proof=parse_proof(entry.get("proof")), link=str(entry.get("link", "")),
             dev=int(entry.get("dev", 0)), ino=int(entry.get("ino", 0)),
+            btime=None if entry.get("btime") is None else int(entry["btime"]),
         )
+
+
+def journal_clock() -> int:
+    """Now, on the coarse realtime clock the kernel stamps new inodes with (never ahead of their btime)."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def created_entry(ref: int, dev: int, ino: int, btime: int | None) -> dict[str, Any]:
+    """The journal line that names the inode a create made."""
+    entry: dict[str, Any] = {"op": "created", "ref": ref, "dev": dev, "ino": ino}
+    if btime is not None:
+        entry["btime"] = btime
+    return entry
 
 
 @dataclass(slots=True)
@@ -93,22 +118,25 @@ class Transaction:
 
     store: StateStore
     undo: list[Undo] = field(default_factory=list)
+    since: int | None = None
 
     @classmethod
     def begin(cls, store: StateStore, header: dict[str, Any]) -> Transaction:
-        store.journal_open(header)
-        return cls(store)
+        since = journal_clock()
+        store.journal_open({**header, "since": since})
+        return cls(store, since=since)
 
     def record(self, item: Undo) -> Undo:
         """Journal ``item`` *before* the change it undoes is made, and keep it for rollback."""
         item.seq = self.store.journal_write(item.to_entry())
+        item.since = self.since
         self.undo.append(item)
         return item
 
-    def created(self, item: Undo, dev: int, ino: int) -> None:
-        """Record which inode a journaled mkdir/mkfile made, so undo removes only that one."""
-        item.dev, item.ino = dev, ino
-        self.store.journal_write({"op": "created", "ref": item.seq, "dev": dev, "ino": ino})
+    def created(self, item: Undo, dev: int, ino: int, btime: int | None = None) -> None:
+        """Record which inode (and birth time) a journaled create made, so undo removes only that one."""
+        item.dev, item.ino, item.btime = dev, ino, btime
+        self.store.journal_write(created_entry(item.seq, dev, ino, btime))
 
     def undone(self, item: Undo) -> None:
         self.store.journal_write({"op": "undone", "ref": item.seq})

@@ -132,7 +132,7 @@ def test_a_later_mount_failing_undoes_earlier_objects(tmp_path: Path, root_dir: 
 
 
 def test_planted_symlink_at_a_planned_directory_is_refused(tmp_path: Path, root_dir: str) -> None:
-    """``work -> outside``: apply fails (EEXIST) before making anything; nothing appears outside the root."""
+    """``work -> outside``: apply refuses (EEXIST) before making anything; nothing appears outside the root."""
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(str(outside), f"{root_dir}/work")
@@ -142,8 +142,7 @@ def test_planted_symlink_at_a_planned_directory_is_refused(tmp_path: Path, root_
     assert any(p.startswith("work (r:work): EEXIST") for p in changes.problems), changes.problems
     with pytest.raises(ExecutionError) as info:
         engine.apply(_standard(), {R: root_dir})
-    cause = info.value.__cause__
-    assert isinstance(cause, KernelError) and cause.errno_name == "EEXIST" and "r:work" in str(cause)
+    assert "refused before changing anything" in str(info.value) and "work (r:work): EEXIST" in str(info.value)
     assert _plans.snapshot(root_dir, str(outside)) == before
     assert os.readlink(f"{root_dir}/work") == str(outside)
 
@@ -157,8 +156,8 @@ def test_planted_symlink_in_the_parent_path_is_refused(tmp_path: Path, root_dir:
     before = _plans.snapshot(root_dir, str(outside))
     with pytest.raises(ExecutionError) as info:
         _engine(tmp_path).apply(plan, {R: root_dir})
-    cause = info.value.__cause__
-    assert isinstance(cause, KernelError) and cause.errno_name in {"ELOOP", "EXDEV"}
+    assert "refused before changing anything" in str(info.value)
+    assert "f (r:a/b/f)" in str(info.value) and ("ELOOP" in str(info.value) or "EXDEV" in str(info.value))
     assert _plans.snapshot(root_dir, str(outside)) == before
     link_plan = _plan(_sym("l", "a/l", "/etc/passwd"), with_mounts=False)
     with pytest.raises(ExecutionError):
