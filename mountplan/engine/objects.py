@@ -23,7 +23,7 @@ from mountplan._kernel import BorrowedFd, Fd
 from mountplan.compiler import Step, StepKind
 from mountplan.errors import ExecutionError, KernelError
 from mountplan.model import ObjectKind, ObjectSpec
-from mountplan.object_changes import ObservedObject
+from mountplan.object_identity import ObservedObject
 
 from .context import Context
 from .managed_object import ManagedObject

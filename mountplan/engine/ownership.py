@@ -17,7 +17,7 @@ import stat
 
 from mountplan._kernel import AtFlag, Fd
 from mountplan.errors import KernelError
-from mountplan.object_changes import Found, ObservedObject
+from mountplan.object_identity import Found, ObservedObject
 
 from .context import Context
 

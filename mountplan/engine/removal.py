@@ -19,7 +19,7 @@ from mountplan._kernel import Fd, Resolve
 from mountplan.changes import descendants, mount_key
 from mountplan.errors import BusyError, ExecutionError, KernelError
 from mountplan.livetable import read_live_table
-from mountplan.object_changes import Found, is_same_object
+from mountplan.object_identity import Found, is_same_object
 
 from .context import Context
 from .ownership import OP_KIND, is_plausibly_new, observe_at
