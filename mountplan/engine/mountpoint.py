@@ -19,8 +19,8 @@ from mountplan._kernel import Fd
 from mountplan.errors import KernelError
 from mountplan.model import MountSpec, ObjectSpec
 
-from .context import Context
 from .backend import Backend
+from .context import Context
 from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, resolve, resolve_parent
 from .transaction import Transaction, Undo
 
