@@ -52,7 +52,15 @@ from mountplan._watchtypes import (
 )
 from mountplan.changes import ChangeSet
 from mountplan.engine import Engine
-from mountplan.errors import KernelError, MountplanError
+from mountplan.errors import (
+    CompileError,
+    FeatureMissingError,
+    KernelError,
+    MountplanError,
+    PlanError,
+    RootError,
+    StateError,
+)
 from mountplan.model import Plan
 
 __all__ = [
@@ -73,6 +81,10 @@ _TRIGGER_LIMIT = 16
 #: A failed diff is retried after 1 s, doubling up to 60 s, until one succeeds.
 _ERROR_RETRY = 1.0
 _ERROR_RETRY_MAX = 60.0
+#: What the start-up diff raises instead of retrying (docs/watch.md: as ``mountplan plan``
+#: exits): no retry fixes a wrong plan, root or state directory, or an old kernel.
+#: A held lock or a passing kernel error is retried like any later error.
+_FATAL_AT_START = (PlanError, CompileError, RootError, StateError, FeatureMissingError)
 
 _events: EventLogger = structured_logger(logging.getLogger("mountplan"))
 
@@ -150,6 +162,13 @@ def _committed_diff(engine: Engine, plan: Plan, roots: Mapping[str, str | int]) 
         return engine.plan(plan, roots)
 
 
+def _try_diff(engine: Engine, plan: Plan, roots: Mapping[str, str | int]) -> ChangeSet | MountplanError:
+    try:
+        return _committed_diff(engine, plan, roots)
+    except MountplanError as exc:
+        return exc
+
+
 def _fingerprint(changes: ChangeSet) -> str:
     return json.dumps(changes.to_json(), sort_keys=True)
 
@@ -183,6 +202,11 @@ def watch(
     Drift is any planned change or a foreign mount beneath a root; it is
     reported once per distinct diff. With ``reconcile`` the changes (not
     foreign mounts, which apply never touches) are applied under ``policy``.
+
+    The first diff runs before any event: a :class:`PlanError`,
+    :class:`CompileError`, :class:`RootError`, :class:`StateError` or
+    :class:`FeatureMissingError` from it is raised, with no event sent. Any
+    later failed diff is an ``error`` event, retried with backoff.
     """
     policy = policy or ReconcilePolicy()
     engine = engine or Engine(state_dir=state_dir)
@@ -227,6 +251,10 @@ def watch(
     error_delay = 0.0
     resync_at = None if not resync_interval else clock() + resync_interval
     try:
+        # The change sources are open already, so nothing that happens during this diff is lost.
+        outcome: ChangeSet | MountplanError | None = _try_diff(engine, plan, roots)
+        if isinstance(outcome, _FATAL_AT_START):
+            raise outcome
         _events.info(
             "watch.started",
             plan=plan.name,
@@ -244,9 +272,11 @@ def watch(
         trigger: dict[str, Any] = {"start": True}
         while True:
             counts["checks"] += 1
-            try:
-                changes = _committed_diff(engine, plan, roots)
-            except MountplanError as exc:
+            if outcome is None:
+                outcome = _try_diff(engine, plan, roots)
+            changes, outcome = outcome, None
+            if isinstance(changes, MountplanError):
+                exc = changes
                 # Retry on a timer too: a lock held by a long apply, or a root
                 # coming back, may be signalled by nothing.
                 error_delay = min(error_delay * 2, _ERROR_RETRY_MAX) if error_delay else _ERROR_RETRY

@@ -2,7 +2,9 @@
 
 One line per event on stdout: JSON with ``--json`` (``format_version`` 1, keys
 sorted), else a short text line (drift also prints the diff). SIGINT and
-SIGTERM end the watch after the current step; the exit status is then 0.
+SIGTERM end the watch after the current step; the exit status is then 0. A plan,
+root or state error at start exits as ``mountplan plan`` does; under ``--json``
+its error document is the one line printed, so stdout stays JSON lines.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from mountplan.errors import MountplanError
+
 from ._checks import UsageError
-from ._output import out
+from ._output import error_document, out
 
 __all__ = ["add_watch_parser", "cmd_watch"]
 
@@ -94,8 +98,25 @@ def _text(event: Any) -> str:
     return f"{kind}\n"
 
 
+def _json_line(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    sys.stdout.flush()  # one event, one line, now: a pipe reader must not wait for a buffer
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run the watch until SIGINT/SIGTERM; 0 when stopped that way."""
+    if not args.json:
+        return _watch(args)  # errors go to the CLI's usual report on stderr
+    try:
+        return _watch(args)
+    except MountplanError as exc:
+        # The CLI's error document is indented over several lines: a JSON-lines
+        # reader needs it on one.
+        _json_line(error_document(exc, exc.exit_code))
+        return exc.exit_code
+
+
+def _watch(args: argparse.Namespace) -> int:
     from mountplan import api
     from mountplan.engine import Engine
     from mountplan.watch import Mechanism, ReconcilePolicy, StopSignal, WatchEvent, watch
@@ -117,11 +138,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     def on_event(event: WatchEvent) -> None:
         if args.json:
-            line = json.dumps(event.to_json(), sort_keys=True, separators=(",", ":")) + "\n"
-            sys.stdout.write(line)
+            _json_line(event.to_json())
         else:
             out(_text(event))
-        sys.stdout.flush()  # one event, one line, now: a pipe reader must not wait for a buffer
+            sys.stdout.flush()
 
     stop = StopSignal()
 

@@ -3,6 +3,8 @@
 Each directory or file made is journaled before it is created (a crash in
 between leaves a line whose path does not exist, which recovery skips) and
 recorded by inode, so undo removes only what mountplan made.
+:func:`probe_mountpoint` resolves a target the same way without creating
+anything: what ``plan`` asks before apply would meet it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from mountplan._kernel import AtFlag, Fd
 from mountplan.errors import KernelError
 from mountplan.model import MountSpec, ObjectSpec
 
+from .backend import Backend
 from .context import Context
-from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, resolve
+from .roots import BENEATH, O_PATH_ANY, O_PATH_DIR, RootHandle, resolve, resolve_parent
 from .transaction import Transaction, Undo
 
 
@@ -36,11 +39,10 @@ class MountpointMaker:
 
         Returns an O_PATH fd of ``path``, resolved beneath the root; never a symlink.
         """
-        parent_path, _, last = path.rpartition("/")
         # Common case first: the parent exists (a target right under its root or
         # under an earlier mount), so one openat2 probes and at most one mkdir follows.
         try:
-            parent = resolve(self.ctx.backend, root, parent_path, O_PATH_DIR)
+            parent, last = resolve_parent(self.ctx.backend, root, path)
         except KernelError as exc:
             if exc.errno != errno.ENOENT or not create:
                 raise
@@ -99,6 +101,31 @@ class MountpointMaker:
         self.tx.created(item, st.st_dev, st.st_ino, btime)
         created.append({"op": op, "path": sub, "dev": st.st_dev, "ino": st.st_ino, "btime": btime})
         return no_symlink(k.openat2(dirfd, part, flags, BENEATH, shown=shown), shown)
+
+
+def probe_mountpoint(backend: Backend, root: RootHandle, path: str) -> None:
+    """Resolve ``path`` beneath ``root`` as :meth:`MountpointMaker.make_path` does, creating nothing.
+
+    Raises the KernelError apply would meet: a symlink anywhere in the path
+    (ELOOP), a parent that is not a directory (ENOTDIR), no permission. A
+    missing component is no error: apply creates it and everything below it,
+    so nothing further down can be refused. (openat2 stops at the first bad
+    component, so ENOENT means every component before the missing one is a
+    directory and no symlink.)
+    """
+    shown = f"{root.name}:{path}"
+    try:
+        parent, last = resolve_parent(backend, root, path)
+    except KernelError as exc:
+        if exc.errno == errno.ENOENT:
+            return
+        raise
+    try:
+        found = backend.openat2_if_exists(parent.fileno(), last, O_PATH_ANY, BENEATH, shown=shown)
+    finally:
+        parent.close()
+    if found is not None:
+        no_symlink(found, shown).close()
 
 
 def no_symlink(fd: Fd, shown: str) -> Fd:

@@ -5,8 +5,11 @@ opened and each planned option set on it (``fsopen`` + ``fsconfig``, never
 ``FSCONFIG_CMD_CREATE``, nothing mounted): the kernel's own verdict and message,
 as ``tmpfs: Bad value for 'size'``. Every bind source must exist (a root-relative
 one beneath its root, without symlinks), and an idmapped bind's source must take
-its mapping (a detached clone, idmapped and dropped: nothing is attached). ``validate`` stays offline; this is
-what ``plan`` adds.
+its mapping (a detached clone, idmapped and dropped: nothing is attached). Every
+target is resolved beneath its root as apply will (no symlink anywhere in it, every
+parent a directory; a missing part is fine, apply makes it), unless it lies beneath
+another mount apply makes: that mount covers whatever is there now. ``validate``
+stays offline; this is what ``plan`` adds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mountplan.errors import FeatureMissingError, KernelError
 from mountplan.model import OVERLAY_PATH_KEYS, IdMapping, MountSpec, Plan
 
 from .context import Context
+from .mountpoint import probe_mountpoint
 from .roots import O_PATH_ANY, RootSet, resolve
 
 _NEW = {Action.CREATE, Action.REPLACE}
@@ -79,17 +83,37 @@ def _collect(
     ctx: Context, specs: dict[str, MountSpec], changes: ChangeSet, rootset: RootSet,
     usernses: dict[IdMapping, Fd], problems: list[str],
 ) -> None:
-    for change in changes.changes:
-        spec = specs.get(change.mount)
-        if spec is None or change.action not in _NEW:
-            continue
+    new = [specs[c.mount] for c in changes.changes if c.mount in specs and c.action in _NEW]
+    new_targets = {(spec.root, spec.target) for spec in new}
+    for spec in new:
+        # In apply's order: the filesystem (or the bind's source) is made before the mountpoint.
         problem = _bind_problem(ctx, spec, rootset) if spec.bind is not None else _fs_problem(ctx, spec)
         if not problem and spec.bind is not None and spec.bind.idmap is not None:
             from .idmap_probe import idmap_problem  # idmapped binds only
 
             problem = idmap_problem(ctx, spec, rootset, usernses)
+        if not problem and not _is_covered(spec, new_targets):
+            problem = _target_problem(ctx, spec, rootset)
         if problem:
             problems.append(f"{spec.name} ({spec.root}:{spec.target}): {problem}")
+
+
+def _is_covered(spec: MountSpec, new_targets: set[tuple[str, str]]) -> bool:
+    """``spec``'s target lies beneath a mount apply makes: it mounts that one first (the compiler
+    orders nested targets), so what the root holds there now is covered, never resolved."""
+    parts = spec.target.split("/")
+    return any((spec.root, "/".join(parts[:i])) in new_targets for i in range(1, len(parts)))
+
+
+def _target_problem(ctx: Context, spec: MountSpec, rootset: RootSet) -> str:
+    root = rootset.get(spec.root)
+    if root is None:
+        return ""  # open_roots opened every root a mount uses; nothing to resolve without it
+    try:
+        probe_mountpoint(ctx.backend, root, spec.target)
+    except KernelError as exc:
+        return str(exc)
+    return ""
 
 
 def _fs_problem(ctx: Context, spec: MountSpec) -> str:

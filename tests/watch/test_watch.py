@@ -15,7 +15,7 @@ from _watching import DRIFTS, MECHANISMS, PLAN, PROMPT, make_drift, require, sh,
 
 from mountplan._kernel import _libc
 from mountplan.engine import Engine
-from mountplan.errors import KernelError
+from mountplan.errors import KernelError, RootError
 from mountplan.livetable import read_live_table
 from mountplan.watch import EventKind, Mechanism, ReconcilePolicy, StopSignal, WatchEvent, watch
 
@@ -219,6 +219,51 @@ def test_a_vanished_root_is_an_error_event_and_the_watch_goes_on(tmp_path: Path,
         time.sleep(0.2)
     assert sum(e.kind is EventKind.ERROR for e in watcher.seen) == 1
     assert watcher.seen[-1].kind is EventKind.STOPPED
+
+
+def test_a_missing_root_at_start_raises_before_any_event(tmp_path: Path, root_dir: str) -> None:
+    """A root missing when the watch starts is raised (RootError), not retried: no event, not even 'watching'."""
+    events: list[WatchEvent] = []
+    stop = StopSignal()
+
+    def on_event(event: WatchEvent) -> None:
+        events.append(event)
+        if event.kind is EventKind.ERROR:
+            stop.set()  # a watch that retries would run forever: end it, so the test fails instead of hanging
+
+    try:
+        with pytest.raises(RootError, match="does not exist"):
+            watch(PLAN, {"r": f"{root_dir}/missing"}, on_event=on_event, stop=stop, engine=Engine(state_dir=str(tmp_path / "s")))
+    finally:
+        stop.close()
+    assert events == []
+
+
+def test_a_lock_held_at_start_is_waited_out(tmp_path: Path, root_dir: str) -> None:
+    """Only plan, root and state errors are fatal at start: a held state lock is an error event, retried."""
+    state = str(tmp_path / "s")
+    store, _ = Engine(state_dir=state).load_state(PLAN, {"r": root_dir})
+    engine = Engine(state_dir=state, lock_timeout=0.05)
+    events: list[WatchEvent] = []
+    stop = StopSignal()
+    thread = threading.Thread(target=lambda: watch(PLAN, {"r": root_dir}, on_event=events.append, stop=stop, engine=engine))
+    try:
+        with store.locked(1.0):
+            thread.start()
+            deadline = time.monotonic() + PROMPT
+            while not any(e.kind is EventKind.ERROR for e in events) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        deadline = time.monotonic() + PROMPT
+        while not any(e.kind is EventKind.DRIFT for e in events) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(PROMPT)
+        stop.close()
+    kinds = [e.kind for e in events]
+    assert kinds[:2] == [EventKind.WATCHING, EventKind.ERROR], kinds
+    assert events[1].detail["error_type"] == "LockError"
+    assert EventKind.DRIFT in kinds and kinds[-1] is EventKind.STOPPED  # never applied: the retry sees a pending create
 
 
 def test_resync_catches_what_no_event_reports(tmp_path: Path, root_dir: str) -> None:

@@ -148,3 +148,49 @@ def test_reconcile_repairs_and_sigint_exits_cleanly(tmp_path: Path, root_dir: st
 def test_a_zero_rate_limit_window_is_a_usage_error(root_dir: str, plan_file: str) -> None:
     """--window 0 would disable the rate limit: refused as a usage error (exit 2) before anything is watched."""
     assert Cli("watch", plan_file, "--root", f"r={root_dir}", "--window", "0").wait() == 2
+
+
+def _rest(cli: Cli) -> list[str]:
+    """Every line the (exited) process wrote that ``next`` has not read."""
+    data = cli.buffer
+    while chunk := os.read(cli.fd, 65536):
+        data += chunk
+    return data.decode().splitlines()
+
+
+def _a_file(tmp_path: Path) -> str:
+    (tmp_path / "file").write_text("")
+    return str(tmp_path / "file")
+
+
+#: A bad start: the --root argument, the --state-dir, and the error `plan` reports for the same arguments.
+BAD_STARTS = [
+    pytest.param(lambda t, r: f"r={t}/nonexistent", lambda t: f"{t}/s", "RootError", id="missing-root"),
+    pytest.param(lambda t, r: f"r={_a_file(t)}", lambda t: f"{t}/s", "RootError", id="root-not-a-directory"),
+    pytest.param(lambda t, r: f"nope={r}", lambda t: f"{t}/s", "RootError", id="unknown-root-name"),
+    pytest.param(lambda t, r: f"r={r}", _a_file, "StateError", id="state-dir-a-file"),
+]
+
+
+@pytest.mark.parametrize(("root_arg", "state_arg", "kind"), BAD_STARTS)
+def test_a_root_or_state_error_at_start_exits_as_plan_does(
+    tmp_path: Path, root_dir: str, plan_file: str, root_arg: Any, state_arg: Any, kind: str
+) -> None:
+    """docs/watch.md: root and state errors at start exit with plan's code, at once, not retried;
+    under --json the only line is the error document, on one line (JSON lines stay JSON lines)."""
+    args = ("--root", root_arg(tmp_path, root_dir), "--state-dir", state_arg(tmp_path), "--json")
+    planned = Cli("plan", plan_file, *args)
+    plan_code = planned.wait()
+    assert plan_code in {3, 7}
+    watched = Cli("watch", plan_file, *args)
+    assert watched.wait() == plan_code
+    (line,) = _rest(watched)
+    doc = json.loads(line)
+    assert (doc["error"], doc["code"], doc["format_version"]) == (kind, plan_code, 1)
+
+
+def test_a_missing_root_at_start_exits_3_in_text_mode_too(tmp_path: Path, plan_file: str) -> None:
+    """Without --json: exit 3 at once, and no 'watching' line claims a watch that never ran."""
+    watched = Cli("watch", plan_file, "--root", f"r={tmp_path}/nonexistent", "--state-dir", str(tmp_path / "s"))
+    assert watched.wait() == 3
+    assert _rest(watched) == []
