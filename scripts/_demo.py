@@ -31,7 +31,9 @@ def main() -> int:
     run("validate", PLAN)
     run("steps", PLAN)
     run("apply", PLAN, *common)
-    print(f"\n$ findmnt --list | grep {root}", flush=True)
+    # Print the header line too, so the command shown is the one whose output follows.
+    shown = f"findmnt --list -o TARGET,FSTYPE,OPTIONS,PROPAGATION | awk 'NR == 1 || index($1, \"{root}\") == 1'"
+    print(f"\n$ {shown}", flush=True)
     out = subprocess.run(
         ["findmnt", "--list", "-o", "TARGET,FSTYPE,OPTIONS,PROPAGATION"], capture_output=True, text=True, check=True
     ).stdout.splitlines()

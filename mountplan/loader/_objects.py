@@ -35,7 +35,7 @@ __all__ = ["build_devices", "build_objects", "check_objects", "device_entries"]
 _KINDS = ("directory", "file", "symlink")
 _DEFAULT_MODES = {"directory": 0o755, "file": 0o644}
 
-#: The host device nodes a minimal /dev binds (what bwrap's --dev makes).
+#: The host device nodes a minimal /dev binds.
 DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 #: Its symlinks: name -> target text.
 DEVICE_LINKS = (

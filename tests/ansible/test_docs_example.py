@@ -59,7 +59,23 @@ def test_the_documented_playbook_mounts_and_removes_the_sandbox(tmp_path: Path) 
     assert re.search(r"localhost\s*: ok=3\s+changed=2 ", applied.stdout), applied.stdout  # the directory, the mounts
     mounted = dict(mounts_beneath(str(sandbox)))
     assert mounted["scratch"] == "tmpfs" and "usr" in mounted
+    # The page's second command, once the root exists: a check run that finds nothing to change.
+    checked = _playbook(tmp_path, "--check", "--diff", "-e", f"sandbox_root={sandbox}")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert re.search(r"localhost\s*: ok=3\s+changed=0 ", checked.stdout), checked.stdout
     removed = _playbook(tmp_path, "-e", f"sandbox_root={sandbox}", "-e", "sandbox_state=absent")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert re.search(r"localhost\s*: ok=2\s+changed=1 ", removed.stdout), removed.stdout
     assert mounts_beneath(str(sandbox)) == []
+
+
+@pytest.mark.mountns
+def test_check_mode_on_a_fresh_host_needs_the_root_as_the_page_says(tmp_path: Path) -> None:
+    """--check --diff before the root exists fails the mountplan task with exit 3 (RootError), as the page warns."""
+    (tmp_path / "site.yml").write_text(_site_yml())
+    sandbox = tmp_path / "sandbox"
+    checked = _playbook(tmp_path, "--check", "--diff", "-e", f"sandbox_root={sandbox}")
+    assert checked.returncode != 0
+    assert "exit 3 (RootError)" in checked.stdout + checked.stderr
+    assert not sandbox.exists()
+    assert "exit 3 (`RootError" in DOC.read_text().replace("\n", " ")
