@@ -72,6 +72,23 @@ def _fail(exc: BaseException, code: int, *, json_mode: bool, text: str) -> int:
     return code
 
 
+def _with_hint(exc: ParserUsageError, argv: Sequence[str], at: int | None, *, had_command: bool) -> ParserUsageError:
+    """Say where the words argparse did not take belong: the usual slips are a
+    command for ``run`` given without ``--``, and ``--json`` on a command that has none."""
+    if "unrecognized arguments" not in str(exc) or at is None:
+        return exc
+    hint = ""
+    if argv[at] == "run" and not had_command:
+        hint = "the command to run goes after --, e.g. mountplan run PLAN -- make test"
+    elif "--json" in argv[:at]:
+        hint = f"--json goes after the command: mountplan {argv[at]} ... --json"
+    elif "--json" in argv[at + 1 :]:
+        hint = f"`mountplan {argv[at]}` has no --json (see mountplan {argv[at]} --help)"
+    if not hint:
+        return exc
+    return ParserUsageError(f"{exc}: {hint}", exc.usage)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -89,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except ParserUsageError as exc:
+        exc = _with_hint(exc, argv, at, had_command=bool(command))
         return _fail(exc, EXIT_USAGE, json_mode=json_mode, text=f"{exc.usage}mountplan: error: {exc}\n")
     json_mode = bool(getattr(args, "json", False))
     if args.subcommand == "run":

@@ -79,6 +79,22 @@ def test_a_usage_error_is_printed_once() -> None:
     assert result.stderr.count("--frobnicate") == 1 and result.stderr.startswith("usage: ")
 
 
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["run", "plans/demo.yaml", "/bin/true"], "the command to run goes after --"),
+        (["--json", "validate", "plans/demo.yaml"], "--json goes after the command: mountplan validate"),
+        (["graph", "plans/demo.yaml", "--json"], "`mountplan graph` has no --json"),
+    ],
+    ids=["run-without-dashes", "json-before-command", "json-on-graph"],
+)
+def test_a_misplaced_word_is_told_where_it_belongs(argv: list[str], hint: str) -> None:
+    """The usual slips get a usage error (exit 2) that says where the stray word goes, not only that it was unrecognized."""
+    result = run(*argv)
+    assert result.returncode == 2
+    assert hint in result.stderr + result.stdout
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_is_generated_from_the_parser(shell: str) -> None:
     """`mountplan completion SHELL` prints a script that knows every subcommand."""
