@@ -86,17 +86,25 @@ objects:
   directories are made (0755, journaled, removed with the object), and the object is
   made relative to that fd: `mkdirat`, `openat(O_CREAT|O_EXCL|O_NOFOLLOW)` or
   `symlinkat`, then `fchown` and `fchmod` on the new inode (so the mode is exact,
-  whatever the umask). Something already at the path is never taken over: apply fails
-  with `EEXIST` and undoes everything, and `plan` says so first (exit 4, like a mount the kernel refuses).
+  whatever the umask). Something already at the path is never taken over: `plan` shows
+  it as a problem (exit 4, like a mount the kernel refuses), and `apply` refuses before
+  changing anything, listing every such problem (exit 4). One that appears after that
+  check fails the create with `EEXIST`, and apply undoes everything.
 - **Undo and destroy.** Each creation is journaled before its syscall and then recorded
   by device, inode and birth time (ext4 hands a freed inode number out again at once).
   Rollback, recovery and destroy remove an object only while it is still that inode (a
   symlink also still holding its text); anything else at its path
   is reported and left alone (a replaced object is forgotten, a directory someone
-  filled or a mount covers stays in the state).
+  filled or a mount covers stays in the state). What is at the path right after the
+  create is opened without following a symlink and identified through that fd; if it
+  is not plausibly what was just made (empty, ours, no mode bit the create did not
+  ask for, a symlink's text), someone swapped it in: it is not chmod'ed, chown'ed or
+  recorded, and apply fails. Modes and owners are fixed through an `O_PATH` fd, so
+  the object itself is never opened. Moving an object in the plan (its `path` or
+  `root`) replaces it (`-/+`, "path forces replacement").
 - **Drift.** `plan`/`diff` show a missing object as `+`, a directory or file of ours
   whose mode or owner changed as `~` (fixed in place with `fchmod`/`fchown`), a symlink
-  of ours whose text differs (or an object whose planned kind changed) as `-/+`.
+  of ours whose text differs (or an object whose planned kind or path changed) as `-/+`.
   An object lying in a mount apply (re)creates is simply made again in it. A planned
   directory a mount sits on cannot be looked at under the mount; it is taken as ours
   while the state records it.
