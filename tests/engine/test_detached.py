@@ -431,6 +431,7 @@ def test_close_keeps_an_object_that_was_replaced_in_the_root(root_dir: str, mech
     assert Path(root_dir, "f").read_text() == "theirs"
 
 
+@needs_mount_setattr  # its read-only recursive bind (tools) sets attributes beneath the bind
 def test_build_action_plan_runs_detached(root_dir: str) -> None:
     """plans/build-action.yaml (devices expand into binds and symlink objects): its /dev is complete in the tree."""
     os.makedirs(f"{root_dir}/toolchain")
