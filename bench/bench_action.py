@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _timing import summary, timed  # bench/ is sys.path[0] when a script runs
 
 import mountplan
 from mountplan import runner
@@ -30,19 +30,6 @@ PLAN_PATH = REPO / "plans" / "build-action.yaml"
 MARKER = "MOUNTPLAN_BENCH_IN_NAMESPACE"
 
 
-def _summary(label: str, seconds: list[float]) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) > 1 else ms[0]
-    return f"{label:<44} n={len(ms):<4} median {statistics.median(ms):8.2f} ms   p95 {p95:8.2f} ms"
-
-
-def _timed(func: Callable[[], object], n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _input_root(base: str) -> str:
@@ -78,29 +65,29 @@ def _bench(api_n: int, cli_n: int, run_n: int) -> list[str]:
             t2 = time.perf_counter()
             applies.append(t1 - t0)
             destroys.append(t2 - t1)
-        lines.append(_summary("API apply", applies))
-        lines.append(_summary("API destroy", destroys))
-        lines.append(_summary("API apply+destroy", [a + d for a, d in zip(applies, destroys, strict=True)]))
+        lines.append(summary("API apply", applies))
+        lines.append(summary("API destroy", destroys))
+        lines.append(summary("API apply+destroy", [a + d for a, d in zip(applies, destroys, strict=True)]))
 
         cli = [sys.executable, "-m", "mountplan"]
         common = [str(PLAN_PATH), "--root", f"input={root}", "--state-dir", state, "-q"]
         cli_apply: list[float] = []
         cli_destroy: list[float] = []
         for _ in range(cli_n):
-            cli_apply += _timed(lambda: subprocess.run([*cli, "apply", *common], check=True, stdout=subprocess.DEVNULL), 1)
-            cli_destroy += _timed(
+            cli_apply += timed(lambda: subprocess.run([*cli, "apply", *common], check=True, stdout=subprocess.DEVNULL), 1)
+            cli_destroy += timed(
                 lambda: subprocess.run([*cli, "destroy", *common], check=True, stdout=subprocess.DEVNULL), 1
             )
-        lines.append(_summary("CLI `mountplan apply` process", cli_apply))
-        lines.append(_summary("CLI `mountplan destroy` process", cli_destroy))
-        lines.append(_summary("CLI apply+destroy", [a + d for a, d in zip(cli_apply, cli_destroy, strict=True)]))
+        lines.append(summary("CLI `mountplan apply` process", cli_apply))
+        lines.append(summary("CLI `mountplan destroy` process", cli_destroy))
+        lines.append(summary("CLI apply+destroy", [a + d for a, d in zip(cli_apply, cli_destroy, strict=True)]))
 
         for unshare in (False, True):
             label = f"runner.run /bin/true ({'unshare' if unshare else 'in place'})"
-            times = _timed(
+            times = timed(
                 lambda u=unshare: runner.run(plan, roots, ["/bin/true"], unshare=u, state_dir=state), run_n  # type: ignore[misc]
             )
-            lines.append(_summary(label, times))
+            lines.append(summary(label, times))
         return lines
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -15,12 +15,12 @@ import argparse
 import logging
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _timing import summary, timed  # bench/ is sys.path[0] when a script runs
 
 import mountplan
 from mountplan.engine import Engine, Mechanism
@@ -34,19 +34,6 @@ PLAN_PATH = REPO / "plans" / "overlay.yaml"
 MARKER = "MOUNTPLAN_BENCH_IN_NAMESPACE"
 
 
-def _summary(label: str, seconds: list[float]) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) > 1 else ms[0]
-    return f"{label:<46} n={len(ms):<4} median {statistics.median(ms):8.3f} ms   p95 {p95:8.3f} ms"
-
-
-def _timed(func: Callable[[], object], n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _bench(n: int) -> list[str]:
@@ -82,8 +69,8 @@ def _bench(n: int) -> list[str]:
             func()  # warm-up: imports, feature probe, compile cache
         for _ in range(n):  # interleaved, so drift in machine load hits every case alike
             for label, func in cases:
-                results[label] += _timed(func, 1)
-        lines += [_summary(label, times) for label, times in results.items()]
+                results[label] += timed(func, 1)
+        lines += [summary(label, times, width=46, number='8.3f') for label, times in results.items()]
         return lines
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _timing import summary  # bench/ is sys.path[0] when a script runs
+
 import mountplan
 from mountplan._kernel import (
     MountAttr,
@@ -102,11 +104,6 @@ class _Client:
     def close(self) -> None:
         self.sock.close()
 
-
-def _summary(label: str, seconds: list[float]) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) > 1 else ms[0]
-    return f"{label:<44} n={len(ms):<4} median {statistics.median(ms):7.2f} ms   p95 {p95:7.2f} ms"
 
 
 def _bench(rounds: int, warmup: int) -> list[str]:
@@ -176,7 +173,7 @@ def _bench(rounds: int, warmup: int) -> list[str]:
         ]
         for label, seconds in times.items():
             ratio = statistics.median(seconds) / api_median
-            lines.append(f"{_summary(label, seconds)}   {ratio:4.2f}x api")
+            lines.append(f"{summary(label, seconds, width=44, number='7.2f')}   {ratio:4.2f}x api")
         return lines
     finally:
         if server is not None:
