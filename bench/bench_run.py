@@ -31,12 +31,14 @@ import argparse
 import functools
 import os
 import resource
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,18 +89,89 @@ def _row(label: str, walls: list[float], cpus: list[float], floor: float | None)
     return f"  {label:<46} wall median {_med(walls):8.1f} ms  min {min(walls) * 1000:7.1f}  cpu {_med(cpus):7.1f} ms  {ratio}"
 
 
-def _alternate(cases: dict[str, tuple[list[str], dict[str, str]]], n: int) -> dict[str, tuple[list[float], list[float]]]:
+#: A case is a process to start (argv, env) or a callable that times itself (wall, cpu).
+Case = tuple[list[str], dict[str, str]] | Callable[[], tuple[float, float]]
+
+
+def _measure(case: Case) -> tuple[float, float]:
+    return case() if callable(case) else _timed_process(*case)
+
+
+def _alternate(cases: Mapping[str, Case], n: int) -> dict[str, tuple[list[float], list[float]]]:
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cases}
     # Warm-up: page cache, bytecode, plan cache. cwd is the tmpfs, never the checkout:
     # `python -m` puts the cwd first on sys.path, which would shadow PYTHONPATH.
-    for argv, env in cases.values():
-        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, cwd=BASE)
+    for case in cases.values():
+        _measure(case)
     for _ in range(n):
-        for label, (argv, env) in cases.items():
-            wall, cpu = _timed_process(argv, env)
+        for label, case in cases.items():
+            wall, cpu = _measure(case)
             results[label][0].append(wall)
             results[label][1].append(cpu)
     return results
+
+
+class _ServedAction:
+    """One action through a long-lived ``mountplan serve`` (item 3's worker mode), timed as a worker sees it.
+
+    Per call, ``whole=None``: an ``apply`` request carrying the root fd, /bin/true
+    started with posix_spawn once the reply says the mounts are there, its exit, a
+    ``destroy`` request and its reply (no new namespaces). ``whole`` set (``unshare``: True
+    or a list of namespace names): one ``run`` request, the sandbox ``mountplan run --unshare``
+    makes, from a child the server forks. The server starts once, outside the timing;
+    its state dir is on the tmpfs. CPU is the client's (this process and /bin/true)
+    plus the server's (its threads' schedstat, in ns) and its reaped children's
+    (clock ticks).
+    """
+
+    def __init__(self, mountplan: list[str], root: str, env: dict[str, str],
+                 whole: bool | list[str] | None = None) -> None:
+        from _serve_client import ServeClient  # bench/ is sys.path[0] when a script runs
+
+        self.whole = whole
+        sock = f"{BASE}/serve-{os.path.basename(root)}.sock"
+        self.server = subprocess.Popen(
+            [*mountplan, "serve", "--socket", sock, "--plan", str(PLAN), "--state-dir", f"{BASE}/serve-state-{id(self)}",
+             "--json", "-q"], stdout=subprocess.PIPE, text=True, env=env, cwd=BASE)
+        assert self.server.stdout is not None
+        if not select.select([self.server.stdout], [], [], 60)[0] or not self.server.stdout.readline():
+            raise RuntimeError("mountplan serve did not become ready")
+        self.client = ServeClient(sock)
+        self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _server_cpu(self) -> float:
+        """The server's CPU seconds: its threads' (schedstat, ns) and its reaped children's (clock ticks)."""
+        total = 0.0
+        for task in os.listdir(f"/proc/{self.server.pid}/task"):
+            with open(f"/proc/{self.server.pid}/task/{task}/schedstat", encoding="ascii") as f:
+                total += int(f.read().split()[0]) / 1e9
+        with open(f"/proc/{self.server.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return total + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+    def __call__(self) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_before = self._server_cpu()
+        start = time.perf_counter()
+        if self.whole is not None:
+            reply = self.client.call({"format_version": 1, "op": "run", "roots": {"input": 0}, "argv": ["/bin/true"],
+                                      "unshare": self.whole}, [self.fd])
+            assert reply["status"] == 0, reply
+        else:
+            action = self.client.apply(self.fd)
+            pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
+            os.waitpid(pid, 0)
+            self.client.destroy(action)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum((a.ru_utime - b.ru_utime) + (a.ru_stime - b.ru_stime) for a, b in zip(after, before))
+        return wall, cpu + self._server_cpu() - server_before
+
+    def close(self) -> None:
+        self.client.close()
+        os.close(self.fd)
+        self.server.send_signal(signal.SIGTERM)
+        self.server.wait(30)
 
 
 def _input_root(path: str) -> str:
@@ -158,22 +231,39 @@ def _bench_run(n: int, before: str) -> list[str]:
     env_now = _env(MOUNTPLAN_PLAN_CACHE=f"{BASE}/plan-cache")
     wheel = _wheel_venv()
     bwrap = shutil.which("bwrap")
-    # label -> (argv, env, the baseline its ratio is taken against)
-    cases: dict[str, tuple[list[str], dict[str, str], str]] = {}
+    # label -> (the case, the baseline its ratio is taken against)
+    cases: dict[str, tuple[Case, str]] = {}
     if wheel:
-        cases["mountplan run --unshare (wheel, all ns)"] = ([f"{wheel}/bin/mountplan", *all_ns], env_now, "all")
-        cases["mountplan run --unshare (wheel, pid+mnt)"] = ([f"{wheel}/bin/mountplan", *mnt_pid], env_now, "pid")
+        cases["mountplan run --unshare (wheel, all ns)"] = (([f"{wheel}/bin/mountplan", *all_ns], env_now), "all")
+        cases["mountplan run --unshare (wheel, pid+mnt)"] = (([f"{wheel}/bin/mountplan", *mnt_pid], env_now), "pid")
     cases.update({
-        "mountplan run --unshare (editable, all ns)": ([py, "-m", "mountplan", *all_ns], env_now, "all"),
-        "mountplan run --unshare (editable, pid+mnt)": ([py, "-m", "mountplan", *mnt_pid], env_now, "pid"),
-        "  same, no plan cache": ([py, "-m", "mountplan", *mnt_pid], _env(MOUNTPLAN_PLAN_CACHE="off"), "pid"),
+        "mountplan run --unshare (editable, all ns)": (([py, "-m", "mountplan", *all_ns], env_now), "all"),
+        "mountplan run --unshare (editable, pid+mnt)": (([py, "-m", "mountplan", *mnt_pid], env_now), "pid"),
+        "  same, no plan cache": (([py, "-m", "mountplan", *mnt_pid], _env(MOUNTPLAN_PLAN_CACHE="off")), "pid"),
         f"  same, before ({before}, pid+mnt)": (
-            [py, "-m", "mountplan", *common, "--unshare", "--", "/bin/true"], _env(PYTHONPATH=old_tree), "pid"),
-        "python -S -c pass (interpreter floor)": ([py, "-S", "-c", "pass"], env_now, "pid"),
-        "python -c pass (editable venv, site)": ([py, "-c", "pass"], env_now, "pid"),
+            ([py, "-m", "mountplan", *common, "--unshare", "--", "/bin/true"], _env(PYTHONPATH=old_tree)), "pid"),
+        "python -S -c pass (interpreter floor)": (([py, "-S", "-c", "pass"], env_now), "pid"),
+        "python -c pass (editable venv, site)": (([py, "-c", "pass"], env_now), "pid"),
     })
     if wheel:
-        cases["python -c pass (wheel venv, site)"] = ([f"{wheel}/bin/python", "-c", "pass"], env_now, "pid")
+        # The floor of any console script: pip's wrapper imports re before calling mountplan,
+        # and Python 3.11 reaches fsopen/fsmount/move_mount/openat2 only through ctypes.
+        wheel_py = f"{wheel}/bin/python"
+        cases["python -c pass (wheel venv, site)"] = (([wheel_py, "-c", "pass"], env_now), "pid")
+        cases["  + import re (pip's console-script wrapper)"] = (([wheel_py, "-c", "import re"], env_now), "pid")
+        cases["  + import re, ctypes (the syscalls' route)"] = (([wheel_py, "-c", "import re, ctypes"], env_now), "pid")
+    # The worker mode: one long-lived process, a request per action. Its children's CPU is counted
+    # in clock ticks (10 ms), so its rows print the mean CPU per action, not the median.
+    server_cmd = [f"{wheel}/bin/mountplan"] if wheel else [py, "-m", "mountplan"]
+    served = {
+        "mountplan serve: run request (all ns)": (
+            _ServedAction(server_cmd, _input_root(f"{BASE}/serve-all"), env_now, whole=True), "all"),
+        "mountplan serve: run request (pid+mnt)": (
+            _ServedAction(server_cmd, _input_root(f"{BASE}/serve-pid"), env_now, whole=[]), "pid"),
+        "mountplan serve: apply, true, destroy (no ns)": (
+            _ServedAction(server_cmd, _input_root(f"{BASE}/serve-apply"), env_now), "pid"),
+    }
+    cases.update(served)
     script = (
         f"set -e; R={root}; mount -t proc -o nosuid,nodev,noexec proc $R/proc 2>/dev/null || "
         "{ mkdir -p $R/proc; mount -t proc -o nosuid,nodev,noexec proc $R/proc; }; "
@@ -186,25 +276,31 @@ def _bench_run(n: int, before: str) -> list[str]:
         "mount --bind $R/toolchain $R/opt/tools; mount -o remount,bind,ro,nosuid,nodev $R/opt/tools; /bin/true"
     )
     cases["shell: unshare -mp + mount(8)"] = (
-        ["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script], env_now, "pid")
+        (["unshare", "-m", "-p", "-f", "--propagation", "private", "sh", "-c", script], env_now), "pid")
     cases["shell: unshare -mpniuC + mount(8)"] = (
-        ["unshare", "-m", "-p", "-n", "-i", "-u", "-C", "-f", "--propagation", "private", "sh", "-c", script],
-        env_now, "all")
+        (["unshare", "-m", "-p", "-n", "-i", "-u", "-C", "-f", "--propagation", "private", "sh", "-c", script],
+         env_now), "all")
     if bwrap:
         mounts = ["--bind", "/", "/", "--proc", f"{root}/proc", "--ro-bind", "/sys", f"{root}/sys",
                   "--dev", f"{root}/dev", "--tmpfs", f"{root}/tmp", "--ro-bind", f"{root}/toolchain",
                   f"{root}/opt/tools"]
-        cases["bwrap --unshare-pid, same mounts"] = ([bwrap, "--unshare-pid", *mounts, "/bin/true"], env_now, "pid")
+        cases["bwrap --unshare-pid, same mounts"] = (([bwrap, "--unshare-pid", *mounts, "/bin/true"], env_now), "pid")
         # --unshare-all without the user namespace (root needs none, and mountplan makes none as root).
         cases["bwrap --unshare-pid/net/ipc/uts/cgroup"] = (
-            [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
-             *mounts, "/bin/true"], env_now, "all")
-    res = _alternate({k: (a, e) for k, (a, e, _) in cases.items()}, n)
+            ([bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+              *mounts, "/bin/true"], env_now), "all")
+    try:
+        res = _alternate({k: case for k, (case, _) in cases.items()}, n)
+    finally:
+        for action, _ in served.values():
+            action.close()
+    for label in served:
+        res[label] = (res[label][0], [statistics.mean(res[label][1])])
     floors = {"pid": "bwrap --unshare-pid, same mounts", "all": "bwrap --unshare-pid/net/ipc/uts/cgroup"}
     title = f"1. whole process, plans/build-action.yaml (11 mounts), {n} alternating rounds"
     lines = [f"{title}; ratio = wall / bwrap unsharing the same namespaces"]
     for label, (walls, cpus) in res.items():
-        floor = _med(res[floors[cases[label][2]]][0]) if bwrap else None
+        floor = _med(res[floors[cases[label][1]]][0]) if bwrap else None
         lines.append(_row(label, walls, cpus, floor))
     shell = _med(res["shell: unshare -mp + mount(8)"][0])
     shell_all = _med(res["shell: unshare -mpniuC + mount(8)"][0])

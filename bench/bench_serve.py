@@ -24,12 +24,10 @@ action and the ratio of medians serve/api (issue 13 asks for at most 2x).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,9 +35,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from _timing import summary  # bench/ is sys.path[0] when a script runs
+from _serve_client import ServeClient  # bench/ is sys.path[0] when a script runs
+from _timing import summary
 
 import mountplan
 from mountplan._kernel import (
@@ -79,33 +77,6 @@ def _input_root(base: str, name: str) -> str:
     return root
 
 
-class _Client:
-    """A raw worker-mode client (docs/embedding.md): one JSON object per SOCK_SEQPACKET message."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self.sock.connect(path)
-
-    def call(self, doc: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
-        payload = json.dumps(doc).encode()
-        if fds:
-            socket.send_fds(self.sock, [payload], fds)
-        else:
-            self.sock.sendmsg([payload])
-        reply: dict[str, Any] = json.loads(self.sock.recv(65536))
-        if not reply.get("ok"):
-            raise RuntimeError(f"serve: {reply}")
-        return reply
-
-    def action(self, fd: int) -> None:
-        action = self.call({"format_version": 1, "op": "apply", "roots": {"input": 0}}, [fd])["action"]
-        self.call({"format_version": 1, "op": "destroy", "action": action})
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-
 def _bench(rounds: int, warmup: int) -> list[str]:
     plan = mountplan.load(PLAN_PATH)
     base = tempfile.mkdtemp(prefix="bench_serve.")
@@ -128,7 +99,7 @@ def _bench(rounds: int, warmup: int) -> list[str]:
         serve_fd = os.open(serve_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds += [api_fd, serve_fd]
         engine = Engine(state_dir=os.path.join(base, "state-api"))
-        client = _Client(socket_path)
+        client = ServeClient(socket_path)
 
         def api() -> None:
             engine.apply(plan, {"input": api_fd})
@@ -138,7 +109,7 @@ def _bench(rounds: int, warmup: int) -> list[str]:
             client.action(serve_fd)
 
         def serve_connect() -> None:
-            fresh = _Client(socket_path)
+            fresh = ServeClient(socket_path)
             try:
                 fresh.action(serve_fd)
             finally:

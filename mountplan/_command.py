@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import select
@@ -59,6 +60,8 @@ class Command:
     chroot: str | None
     cwd: str | None
     env: Mapping[str, str] | None
+    #: The command's stdin, stdout and stderr (fds dup'ed onto 0, 1, 2 just before exec); None: ours.
+    stdio: tuple[int, int, int] | None = None
 
 
 class Relay:
@@ -171,10 +174,14 @@ def spawn(command: Command, chroot_fd: int, relay: Relay, *, pid_one: bool) -> t
     if stage == "exec":
         code = EXIT_NOT_FOUND if err in {errno.ENOENT, errno.ENOTDIR} else EXIT_CANNOT_EXECUTE
         problem = "command not found" if code == EXIT_NOT_FOUND else f"cannot execute: {reason}"
-        # fd 2, not sys.stderr: the line belongs where the command's own errors would go.
+        # The command's fd 2, not sys.stderr: the line belongs where its own errors would go.
         with contextlib.suppress(OSError):
-            write_all(2, f"mountplan: {name}: {problem}\n".encode())
+            write_all(command.stdio[2] if command.stdio else 2, f"mountplan: {name}: {problem}\n".encode())
         return pid, code
+    if stage == "stdio":
+        raise ExecutionError(
+            f"run {name!r}: cannot give it its stdin/stdout/stderr: {errno.errorcode.get(err, err)} ({reason})"
+        )
     where = command.chroot if stage == "chroot" else (command.cwd or "/")
     raise ExecutionError(
         f"run {name!r}: cannot {stage} to {where!r}: {errno.errorcode.get(err, err)} ({reason})"
@@ -209,6 +216,12 @@ def _exec_child(
         if chroot_fd >= 0 or command.cwd is not None:
             stage = "chdir"
             os.chdir(command.cwd or "/")
+        if command.stdio is not None:
+            stage = "stdio"
+            # Above 2 first, so that (1, 0, 2) does not overwrite 0 before reading it.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in command.stdio]
+            for target, fd in enumerate(high):
+                os.dup2(fd, target)  # the copy on 0-2 is not close-on-exec
         stage = "exec"
         _execvpe(command.argv, command.env if command.env is not None else os.environ)
     except OSError as exc:

@@ -87,6 +87,7 @@ def run(
     state_dir: str | None = None,
     lock_timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
+    stdio: tuple[int, int, int] | None = None,
 ) -> int:
     """Apply ``plan``, run ``argv``, destroy the plan whatever happened; return the exit status.
 
@@ -94,7 +95,8 @@ def run(
     ``chroot`` is an absolute path, or the name of a plan root, that becomes the
     command's ``/``; ``cwd`` is then a path inside it (default ``/``). ``env``
     replaces the environment (default: inherited); ``PATH`` in it is searched
-    inside the chroot.
+    inside the chroot. ``stdio`` gives the command other fds as its stdin, stdout
+    and stderr (default: this process's); mountplan's own messages stay on ours.
 
     ``unshare`` runs everything in new mount and pid namespaces: ``True`` adds
     net, ipc, uts and cgroup namespaces (:data:`ALL_NAMESPACES`), a collection
@@ -122,7 +124,7 @@ def run(
                 f"chroot {chroot!r}: not an absolute path and the plan has no root of that name "
                 f"(it has {', '.join(sorted(names)) or 'none'})"
             )
-    command = Command(tuple(argv), chroot, cwd, dict(env) if env is not None else None)
+    command = Command(tuple(argv), chroot, cwd, dict(env) if env is not None else None, stdio)
     namespaces = namespaces_for(unshare)
     if namespaces is not None:
         carried_fd(roots)  # refuses what cannot work before anything forks

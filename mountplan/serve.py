@@ -32,11 +32,20 @@ from mountplan._log import EventLogger, structured_logger
 from mountplan.engine import ApplyResult, Engine
 from mountplan.errors import ExecutionError, LockError, MountplanError
 from mountplan.model import Plan
+from mountplan.serve_requests import (
+    FORMAT_VERSION,
+    BadRequest,
+    RunRequest,
+    close_all,
+    no_fds,
+    parse,
+    parse_run,
+    roots_of,
+)
+from mountplan.serve_run import start_run, wait_run, warm
 
 __all__ = ["FORMAT_VERSION", "MAX_FDS", "MAX_MESSAGE", "Server"]
 
-#: The protocol's version: every request must carry it, every reply does.
-FORMAT_VERSION = 1
 #: The longest message either way, in bytes (requests longer are refused, replies never are).
 MAX_MESSAGE = 65536
 #: The most fds one request may carry.
@@ -46,12 +55,6 @@ _stdlib_log = logging.getLogger("mountplan")
 _events: EventLogger = structured_logger(_stdlib_log)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class _BadRequest(Exception):
-    """A request the server cannot act on; nothing was changed. Code 2, as a CLI usage error."""
-
-    code = 2
 
 
 @dataclass(slots=True)
@@ -68,12 +71,12 @@ class _Action:
         try:
             self.session.close()
         finally:
-            _close_all(self.fds)
+            close_all(self.fds)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
     """The ``error`` object of a reply for ``exc``."""
-    if isinstance(exc, _BadRequest):
+    if isinstance(exc, BadRequest):
         return {"code": exc.code, "type": "RequestError", "message": str(exc)}
     if isinstance(exc, MountplanError):
         doc: dict[str, Any] = {"code": exc.exit_code, "type": type(exc).__name__, "message": str(exc)}
@@ -163,6 +166,7 @@ class Server:
         finally:
             os.umask(old)
         listener.listen(64)
+        warm(self.plan)
         self._listener = listener
         _events.info("serve.listening", socket=self.path, plan=self.plan.name, pid=os.getpid())
 
@@ -245,7 +249,7 @@ class Server:
                     break  # ECONNRESET and the like: the client is gone
                 if not data and not fds:
                     break  # end of file: the client closed or died
-                reply = self._handle(number, actions, counter, data, fds, flags)
+                reply = self._handle(number, actions, counter, data, fds, flags, sock)
                 try:
                     sock.sendmsg([reply], [], socket.MSG_NOSIGNAL)
                 except OSError:
@@ -258,69 +262,92 @@ class Server:
                 self._connections.pop(number, None)
 
     def _handle(self, number: int, actions: dict[str, _Action], counter: itertools.count[int], data: bytes,
-                fds: list[int], flags: int) -> bytes:
+                fds: list[int], flags: int, sock: socket.socket) -> bytes:
         base: dict[str, Any] = {"format_version": FORMAT_VERSION}
         kept = False
         try:
             if flags & socket.MSG_TRUNC:
-                raise _BadRequest(f"request longer than {MAX_MESSAGE} bytes")
+                raise BadRequest(f"request longer than {MAX_MESSAGE} bytes")
             if flags & socket.MSG_CTRUNC:
-                raise _BadRequest(f"more than {MAX_FDS} fds attached to one request")
-            doc = _parse(data)
+                raise BadRequest(f"more than {MAX_FDS} fds attached to one request")
+            doc = parse(data)
             if "id" in doc:
                 base["id"] = doc["id"]
             op = doc.get("op")
             if "op" in doc:
                 base["op"] = op
             if op == "ping":
-                _no_fds(fds, op)
+                no_fds(fds, op)
                 return _encode({**base, "ok": True, "plan": self.plan.name,
                                 "roots": sorted(r.name for r in self.plan.roots), "pid": os.getpid()})
             if op == "apply":
                 kept = True  # from here the fds belong to the action, or _apply closes them
                 action_id, result = self._apply(number, actions, next(counter), doc, fds)
                 return _apply_reply(base, action_id, result)
+            if op == "run":
+                request = parse_run(doc, fds)
+                return _encode({**base, "ok": True, "status": self._run(number, request, fds, sock)})
             if op == "destroy":
-                _no_fds(fds, op)
+                no_fds(fds, op)
                 wanted = doc.get("action")
                 if not isinstance(wanted, str) or wanted not in actions:
-                    raise _BadRequest(f"destroy: no live action {wanted!r} on this connection")
+                    raise BadRequest(f"destroy: no live action {wanted!r} on this connection")
                 self._end(actions.pop(wanted), reason="request")
                 return _encode({**base, "ok": True, "action": wanted})
-            raise _BadRequest(f"unknown op {op!r} (one of: apply, destroy, ping)")
+            raise BadRequest(f"unknown op {op!r} (one of: apply, destroy, ping, run)")
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply; unexpected ones are logged
-            if not isinstance(exc, MountplanError | _BadRequest):
+            if not isinstance(exc, MountplanError | BadRequest):
                 _events.exception("serve.internal_error", client=number)
             return _encode({**base, "ok": False, "error": _error(exc)})
         finally:
             if not kept:
-                _close_all(fds)
+                close_all(fds)
 
     def _apply(self, number: int, actions: dict[str, _Action], seq: int, doc: Mapping[str, Any],
                fds: list[int]) -> tuple[str, ApplyResult]:
         """Enter a session for the roots the request carries; the fds then belong to the action."""
         try:
-            roots = _roots(doc, fds)
+            roots = roots_of(doc, fds)
             key = tuple(sorted((name, *_identity(fd)) for name, fd in roots.items()))
         except BaseException:
-            _close_all(fds)
+            close_all(fds)
             raise
         action = _Action(f"{number}.{seq}", key, fds)
         with self._lock:
             holder = self._live.setdefault(key, action.action_id)
         if holder != action.action_id:
-            _close_all(fds)
+            close_all(fds)
             # Refused at once: the engine's lock would only make this client wait for lock_timeout.
             raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
         try:
             result = action.session.enter_context(self.engine.session(self.plan, roots))
         except BaseException:
             self._release(action)
-            _close_all(fds)
+            close_all(fds)
             raise
         actions[action.action_id] = action
         _events.info("serve.applied", client=number, action=action.action_id, created=len(result.created))
         return action.action_id, result
+
+    def _run(self, number: int, request: RunRequest, fds: list[int], sock: socket.socket) -> int:
+        """A whole action in a forked child (:mod:`mountplan.serve_run`); the command's exit status."""
+        key = tuple(sorted((name, *_identity(fd)) for name, fd in request.roots.items()))
+        run_id = f"{number}.run"
+        with self._lock:
+            holder = self._live.setdefault(key, run_id)
+        if holder != run_id:
+            raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
+        try:
+            child = start_run(self.plan, request, state_dir=self.engine.state_dir,
+                              lock_timeout=self.engine.lock_timeout)
+            _events.info("serve.run", client=number, pid=child.pid, command=request.argv[0])
+            status = wait_run(child, sock)
+        finally:
+            with self._lock:
+                if self._live.get(key) == run_id:
+                    del self._live[key]
+        _events.info("serve.ran", client=number, status=status)
+        return status
 
     def _release(self, action: _Action) -> None:
         with self._lock:
@@ -339,45 +366,6 @@ class Server:
             _events.info("serve.destroyed", action=action.action_id, reason=reason)
         finally:
             self._release(action)
-
-
-def _parse(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BadRequest(f"request is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise _BadRequest("request must be a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _BadRequest(f"format_version {version!r} is not supported (this server speaks {FORMAT_VERSION})")
-    return doc
-
-
-def _no_fds(fds: list[int], op: object) -> None:
-    if fds:
-        raise _BadRequest(f"{op}: takes no fds, {len(fds)} attached")
-
-
-def _roots(doc: Mapping[str, Any], fds: list[int]) -> dict[str, int]:
-    """Root name -> received fd, from ``"roots": {"NAME": INDEX}``; every attached fd must be named."""
-    raw = doc.get("roots")
-    if not isinstance(raw, dict) or not raw:
-        raise _BadRequest('apply: "roots" must be an object mapping root names to indexes of the attached fds')
-    roots: dict[str, int] = {}
-    for name, index in raw.items():
-        if type(index) is not int or not 0 <= index < len(fds):
-            raise _BadRequest(f"apply: root {name!r}: {index!r} is not the index of an attached fd ({len(fds)} attached)")
-        roots[name] = fds[index]
-    unused = sorted(set(range(len(fds))) - set(raw.values()))
-    if unused:
-        raise _BadRequest(f"apply: attached fd(s) at index {unused} name no root")
-    return roots
-
-
-def _close_all(fds: list[int]) -> None:
-    while fds:
-        os.close(fds.pop())
 
 
 def _identity(fd: int) -> tuple[int, int]:
