@@ -226,18 +226,17 @@ class Loop:
         self.evidence(dirfd, name, AtFlag(0))
         self.call("unlinkat")(dirfd, name, directory=directory)
 
-    def in_dev(self, name: str, directory: bool) -> None:
+    def in_dev(self, name: str) -> None:
+        # its mountpoint lies on the dev tmpfs, which is unmounted next and takes it along
         with self.beneath(self.rootfd, "dev", DIR) as dev:
             self.unmount(dev.fileno(), name)
-        with self.beneath(self.rootfd, "dev", DIR) as dev:
-            self.remove(dev.fileno(), name, directory)
 
     def destroy(self) -> None:
         rootfd = self.rootfd
-        self.in_dev("shm", True)
-        self.in_dev("pts", True)
+        self.in_dev("shm")
+        self.in_dev("pts")
         for name in reversed(DEVICES):
-            self.in_dev(name, False)
+            self.in_dev(name)
         for name, _ in reversed(LINKS):
             with self.beneath(rootfd, "dev", DIR) as dev:
                 if not stat.S_ISLNK(os.stat(name, dir_fd=dev.fileno(), follow_symlinks=False).st_mode):

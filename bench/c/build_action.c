@@ -17,7 +17,8 @@
  * bind's source, and for each /dev symlink symlinkat, openat2 without following, fstat,
  * readlinkat and its statx evidence; destroy: statx (ours?), umount2 through
  * /proc/self/fd, statx (gone?), then fstatat, statx (no mount there), statx evidence
- * and unlinkat of what apply created. It checks the ids it reads, as the engine does.
+ * and unlinkat of what apply created (not of the mountpoints on the /dev tmpfs, which
+ * go with it). It checks the ids it reads, as the engine does.
  * Left out: the engine's own files (journal, state, lock): that bookkeeping is what the
  * ratio prices.
  *
@@ -399,22 +400,20 @@ static void remove_created(int dirfd, const char *name, int flags) {
     if (unlinkat(dirfd, name, flags) < 0) die("unlinkat", name);
 }
 
-/* A mount on ROOT/dev/NAME: unmount through dev, then resolve dev again to remove the mountpoint. */
-static void destroy_in_dev(int rootfd, const char *name, int flags) {
+/* A mount on ROOT/dev/NAME: unmount through dev. Its mountpoint lies on the dev tmpfs,
+ * which is unmounted next and takes it along. */
+static void destroy_in_dev(int rootfd, const char *name) {
     int dev = beneath(rootfd, "dev", &HOW_DIR);
     unmount(dev, name);
-    close(dev);
-    dev = beneath(rootfd, "dev", &HOW_DIR);
-    remove_created(dev, name, flags);
     close(dev);
 }
 
 static void destroy_exact(int rootfd) {
     struct stat st;
     char text[64];
-    destroy_in_dev(rootfd, "shm", AT_REMOVEDIR);
-    destroy_in_dev(rootfd, "pts", AT_REMOVEDIR);
-    for (int i = NDEV - 1; i >= 0; i--) destroy_in_dev(rootfd, DEVICES[i], 0);
+    destroy_in_dev(rootfd, "shm");
+    destroy_in_dev(rootfd, "pts");
+    for (int i = NDEV - 1; i >= 0; i--) destroy_in_dev(rootfd, DEVICES[i]);
     for (int i = NLINK - 1; i >= 0; i--) {
         int dev = beneath(rootfd, "dev", &HOW_DIR);
         if (fstatat(dev, LINKS[i][0], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(st.st_mode)) die("fstatat", LINKS[i][0]);

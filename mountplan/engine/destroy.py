@@ -25,8 +25,15 @@ class DestroyResult:
     kept: tuple[str, ...] = ()
 
 
-def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any) -> Outcome:
-    """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it."""
+def remove_managed(
+    ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any, *, inside: str | None = None,
+) -> tuple[Outcome, list[dict[str, Any]]]:
+    """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it.
+
+    Mountpoints that lie beneath ``inside`` (the target of one of our mounts, in the
+    same root, that the caller unmounts next) are not removed: they are returned,
+    for the caller to remove only if that mount stays.
+    """
     root = rootset.get(managed.root)
     if root is None:
         raise RootError(f"root {managed.root!r} is needed to remove mount {managed.name!r}")
@@ -38,8 +45,22 @@ def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: A
         log.warning("destroy.gone", mount=managed.name, target=f"{managed.root}:{managed.target}")
     else:
         log.info("mount.removed", mount=managed.name, target=f"{managed.root}:{managed.target}")
-    remove_created(ctx, managed.created, root, log)
-    return outcome
+    created, deferred = managed.created, []
+    if inside is not None:
+        prefix = inside + "/"
+        deferred = [item for item in created if str(item["path"]).startswith(prefix)]
+        created = [item for item in created if not str(item["path"]).startswith(prefix)]
+    remove_created(ctx, created, root, log)
+    return outcome, deferred
+
+
+def _enclosing(managed: ManagedMount, later: list[ManagedMount]) -> ManagedMount | None:
+    """The innermost of ``later`` (mounts this destroy removes after ``managed``) that ``managed`` lies beneath."""
+    found: ManagedMount | None = None
+    for other in later:
+        if _beneath(managed, other) and other.target and (found is None or len(other.target) > len(found.target)):
+            found = other
+    return found
 
 
 def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
@@ -76,6 +97,30 @@ def _remove_objects(
         del state.objects[index]
 
 
+def _remove_deferred(
+    ctx: Context, items: list[dict[str, Any]], holder: ManagedMount, rootset: RootSet, log: Any
+) -> None:
+    """``holder`` stays mounted: remove the mountpoints made on it after all, as if never deferred."""
+    root = rootset.get(holder.root)
+    if items and root is not None:
+        remove_created(ctx, items, root, log)
+
+
+def _flush_deferred(
+    ctx: Context, deferred: dict[str, list[dict[str, Any]]], order: list[ManagedMount], rootset: RootSet, log: Any
+) -> None:
+    """Destroy stopped early: the mounts still holding deferred mountpoints stay, so remove those now.
+
+    Best effort, as the error that stopped destroy is the one to report.
+    """
+    for holder in order:
+        items = deferred.pop(holder.name, [])
+        try:
+            _remove_deferred(ctx, items, holder, rootset, log)
+        except (MountplanError, OSError) as exc:
+            log.warning("destroy.kept_mountpoint", mount=holder.name, reason=str(exc))
+
+
 def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
     """Remove the state's mounts, newest first; the state is saved after every outcome.
 
@@ -89,26 +134,43 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
     covered: list[str] = []
     kept_objects: list[str] = []
     managed: ManagedMount | None = None
+    # Mountpoints made on one of our mounts that this destroy unmounts afterwards
+    # (the device files on a /dev tmpfs) go with that mount: removing them one by
+    # one first would only be undone by the unmount. They are removed as before
+    # if that mount stays (covered, kept, busy), so the end state is the same.
+    deferred: dict[str, list[dict[str, Any]]] = {}
+    order = list(reversed(state.mounts))
     try:
-        for managed in list(reversed(state.mounts)):
+        for index, managed in enumerate(order):
             if any(_beneath(k, managed) for k in kept):
                 kept.append(managed)
+                _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
                 continue
             if state.objects:
                 # What lies in a mount goes before it (an object in it would vanish unchecked).
                 _remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
+            outer = _enclosing(managed, order[index + 1:])
             try:
-                outcome = remove_managed(ctx, managed, rootset, plog)
+                outcome, later = remove_managed(ctx, managed, rootset, plog, inside=outer.target if outer else None)
             except ForeignMountError as exc:
                 kept.append(managed)
                 covered.append(str(exc))
+                _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
                 continue
+            if later:
+                assert outer is not None
+                # Prepended: remove_created goes from the end, so what a mount made later
+                # (possibly inside what an earlier one made) goes first.
+                deferred[outer.name] = later + deferred.get(outer.name, [])
+            # Our mount is gone, and what it held went with it.
+            deferred.pop(managed.name, None)
             (removed if outcome is Outcome.REMOVED else gone).append(managed.name)
             state.mounts.remove(managed)
         managed = None
         if state.objects:
             _remove_objects(ctx, state, rootset, plog, removed, kept_objects)
     except MountplanError as exc:
+        _flush_deferred(ctx, deferred, order, rootset, plog)
         store.save(state)
         if isinstance(exc, BusyError):
             assert managed is not None
@@ -118,6 +180,7 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
             ) from exc
         raise
     except OSError as exc:
+        _flush_deferred(ctx, deferred, order, rootset, plog)
         store.save(state)
         where = managed.name if managed is not None else "?"
         raise ExecutionError(f"destroy {plan_name!r} stopped at {where!r}: {exc}") from exc
