@@ -155,13 +155,12 @@ class Loop:
         self.ours.clear()
         self.root_mount = 0
         rootfd = self.rootfd
-        for _ in LINKS:  # the planned symlinks are observed first: dev is not there yet
-            try:
-                self.beneath(rootfd, "dev", DIR).close()
-                raise SystemExit("dev exists")
-            except KernelError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
+        try:  # the planned symlinks are observed first: their parent, dev, is not there yet (one lookup)
+            self.beneath(rootfd, "dev", DIR).close()
+            raise SystemExit("dev exists")
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
         if self.read_beneath(self.root):
             raise SystemExit("mounts already beneath the root")
         self.fs_mount("proc", (("source", "proc"),), NSD | MountAttr.NOEXEC, "proc")

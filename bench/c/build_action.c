@@ -275,11 +275,9 @@ static void dev_mount(int rootfd, int mnt, const char *name, const char *path) {
 static void apply_exact(int rootfd, const char *root) {
     root_mount = 0;
     nours = 0;
-    /* the planned symlinks are observed first: their parent, dev, is not there yet */
-    for (int i = 0; i < NLINK; i++) {
-        note("openat2");
-        if (openat2_(rootfd, "dev", &HOW_DIR) >= 0 || errno != ENOENT) die("probe", "dev");
-    }
+    /* the planned symlinks are observed first: their parent, dev, is not there yet (one lookup) */
+    note("openat2");
+    if (openat2_(rootfd, "dev", &HOW_DIR) >= 0 || errno != ENOENT) die("probe", "dev");
     if (read_beneath(root) != 0) { errno = EEXIST; die("mounts already beneath", root); }
     fs_mount(rootfd, "proc", OPT_PROC, NSD | MOUNT_ATTR_NOEXEC, "proc");
     fs_mount(rootfd, "sysfs", OPT_SYS, NSD | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_RDONLY, "sys");
