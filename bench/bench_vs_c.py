@@ -22,7 +22,7 @@ rows are skipped, with a message, when there is no compiler). Before timing, the
 engine's backend calls for one apply+destroy are recorded and compared with the C
 loop's trace and the Python loop's; the script stops if they differ.
 
-    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--no-what-if] [--no-trace-check] [--profile]
+    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--no-what-if] [--no-trace-check] [--phases] [--profile]
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import _same_calls  # bench/ is sys.path[0] when a script runs
+import _phases  # bench/ is sys.path[0] when a script runs
+import _same_calls
 
 import mountplan
 from mountplan._kernel import (
@@ -292,6 +293,12 @@ def _bench(args: argparse.Namespace) -> str:
                 ratio = [med["engine, state on tmpfs"][i] / base_row[i] for i in range(3)]
                 out.write(f"  => engine (tmpfs) / {label}: wall median apply {ratio[0]:.2f}x  destroy {ratio[1]:.2f}x  "
                           f"total {ratio[2]:.2f}x;  cpu (user+sys) {engine_cpu / sum(cpu[key]):.2f}x\n")
+        if args.phases:
+            _time_engine(plan, roots, tmpfs_state, 5)
+            with _phases.timed_phases() as (seconds, calls):
+                _time_engine(plan, roots, tmpfs_state, 100)
+            out.write("engine (state on tmpfs), wall time by phase per apply+destroy (inclusive, nested; 100 runs):\n")
+            out.write(_phases.report(seconds, calls, 100))
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -330,6 +337,7 @@ def main() -> None:
     parser.add_argument("--no-what-if", action="store_true", help="leave out the what-if fsync rows")
     parser.add_argument("--no-trace-check", action="store_true",
                         help="time an engine whose calls differ from the loops' (an older mountplan on PYTHONPATH)")
+    parser.add_argument("--phases", action="store_true", help="wall time of the engine's phases (bench/_phases.py)")
     parser.add_argument("--profile", action="store_true", help="cProfile 50 engine apply+destroy (state on tmpfs)")
     args = parser.parse_args()
     if os.environ.get(INNER) == "1":
