@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +27,13 @@ class DestroyResult:
 
 
 def remove_managed(
-    ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any, *, inside: str | None = None,
+    ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any,
+    *, defer: Collection[str] = (),
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it.
 
-    Mountpoints that lie beneath ``inside`` (the target of one of our mounts, in the
-    same root, that the caller unmounts next) are not removed: they are returned,
-    for the caller to remove only if that mount stays.
+    The mountpoints whose paths are in ``defer`` are not removed but returned (in
+    the order made), for a caller that unmounts the filesystem holding them next.
     """
     root = rootset.get(managed.root)
     if root is None:
@@ -46,21 +47,22 @@ def remove_managed(
     else:
         log.info("mount.removed", mount=managed.name, target=f"{managed.root}:{managed.target}")
     created, deferred = managed.created, []
-    if inside is not None:
-        prefix = inside + "/"
-        deferred = [item for item in created if str(item["path"]).startswith(prefix)]
-        created = [item for item in created if not str(item["path"]).startswith(prefix)]
+    if defer:
+        deferred = [item for item in created if str(item["path"]) in defer]
+        created = [item for item in created if str(item["path"]) not in defer]
     remove_created(ctx, created, root, log)
     return outcome, deferred
 
 
-def _enclosing(managed: ManagedMount, later: list[ManagedMount]) -> ManagedMount | None:
-    """The innermost of ``later`` (mounts this destroy removes after ``managed``) that ``managed`` lies beneath."""
-    found: ManagedMount | None = None
-    for other in later:
-        if _beneath(managed, other) and other.target and (found is None or len(other.target) > len(found.target)):
-            found = other
-    return found
+def _holder(root: str, path: str, pending: dict[tuple[str, str], ManagedMount]) -> ManagedMount | None:
+    """The innermost of ``pending`` (mounts this destroy removes afterwards) that ``root:path`` lies in."""
+    parent = path.rpartition("/")[0]
+    while parent:
+        found = pending.get((root, parent))
+        if found is not None:
+            return found
+        parent = parent.rpartition("/")[0]
+    return None
 
 
 def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
@@ -118,7 +120,7 @@ def _flush_deferred(
         try:
             _remove_deferred(ctx, items, holder, rootset, log)
         except (MountplanError, OSError) as exc:
-            log.warning("destroy.kept_mountpoint", mount=holder.name, reason=str(exc))
+            log.warning("destroy.kept_mountpoint", path=f"{holder.root}:{holder.target}", reason=str(exc))
 
 
 def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
@@ -134,14 +136,18 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
     covered: list[str] = []
     kept_objects: list[str] = []
     managed: ManagedMount | None = None
-    # Mountpoints made on one of our mounts that this destroy unmounts afterwards
-    # (the device files on a /dev tmpfs) go with that mount: removing them one by
-    # one first would only be undone by the unmount. They are removed as before
-    # if that mount stays (covered, kept, busy), so the end state is the same.
+    # Mountpoints made in a tmpfs or ramfs of ours that this destroy unmounts
+    # afterwards (the device files on a /dev tmpfs) go with that filesystem:
+    # removing them one by one first would only be undone by the unmount. Only
+    # a volatile mount qualifies (what a bind or a disk filesystem holds stays
+    # after its unmount); if it stays (covered, kept, busy, destroy stopped),
+    # they are removed as before, so the end state is the same.
     deferred: dict[str, list[dict[str, Any]]] = {}
     order = list(reversed(state.mounts))
+    pending = {(m.root, m.target): m for m in state.mounts if m.target}
     try:
-        for index, managed in enumerate(order):
+        for managed in order:
+            pending.pop((managed.root, managed.target), None)
             if any(_beneath(k, managed) for k in kept):
                 kept.append(managed)
                 _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
@@ -149,19 +155,22 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
             if state.objects:
                 # What lies in a mount goes before it (an object in it would vanish unchecked).
                 _remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
-            outer = _enclosing(managed, order[index + 1:])
+            holders = {
+                str(item["path"]): holder for item in managed.created
+                if (holder := _holder(managed.root, str(item["path"]), pending)) is not None and holder.volatile
+            }
             try:
-                outcome, later = remove_managed(ctx, managed, rootset, plog, inside=outer.target if outer else None)
+                outcome, later = remove_managed(ctx, managed, rootset, plog, defer=holders.keys())
             except ForeignMountError as exc:
                 kept.append(managed)
                 covered.append(str(exc))
                 _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
                 continue
-            if later:
-                assert outer is not None
+            for name in {holders[str(item["path"])].name for item in later}:
                 # Prepended: remove_created goes from the end, so what a mount made later
                 # (possibly inside what an earlier one made) goes first.
-                deferred[outer.name] = later + deferred.get(outer.name, [])
+                mine = [item for item in later if holders[str(item["path"])].name == name]
+                deferred[name] = mine + deferred.get(name, [])
             # Our mount is gone, and what it held went with it.
             deferred.pop(managed.name, None)
             (removed if outcome is Outcome.REMOVED else gone).append(managed.name)

@@ -1,4 +1,4 @@
-"""Destroy leaves the mountpoints made on one of our mounts to that mount's unmount, and removes them if it stays."""
+"""Destroy leaves the mountpoints made in a tmpfs of ours to that tmpfs's unmount, and removes them if it stays."""
 
 from __future__ import annotations
 
@@ -76,5 +76,25 @@ def test_deferred_mountpoints_are_removed_when_their_mount_stays(root_dir: str, 
         os.close(busy)
     os.unlink(os.path.join(root_dir, "a", "held"))
     engine.destroy(NESTED, {"r": root_dir})
+    after = _plans.snapshot(root_dir)
+    assert (after.table, after.files) == (before.table, before.files), _plans.diff(before, after)
+
+
+def test_mountpoints_in_a_bind_are_removed_before_it_goes(root_dir: str, tmp_path: Path) -> None:
+    """A bind's unmount leaves what it showed in place: the mountpoint destroy made through a bind of a
+    host directory (a/sub) is removed one by one as ever, and the host directory ends as it began."""
+    host = tmp_path / "host"
+    host.mkdir()
+    plan = Plan(
+        name="through-a-bind",
+        roots=(RootSpec("r"),),
+        mounts=(_plans.bind("outer", "a", SourceRef(str(host)), recursive=False), _plans.tmpfs("inner", "a/sub")),
+    )
+    before = _plans.snapshot(root_dir)
+    engine = Engine(state_dir=str(tmp_path / "state"))
+    engine.apply(plan, {"r": root_dir})
+    assert (host / "sub").is_dir()
+    engine.destroy(plan, {"r": root_dir})
+    assert list(host.iterdir()) == []
     after = _plans.snapshot(root_dir)
     assert (after.table, after.files) == (before.table, before.files), _plans.diff(before, after)
