@@ -12,14 +12,17 @@ side by side, in alternating rounds:
 - ``bench/c/build_action.c`` "exact": the kernel calls the engine makes against the
   root and the mounts, in its order, checking the ids it reads (see the C file);
 - the same C file "minimal": mkdir, fsopen/fsconfig/fsmount or open_tree,
-  move_mount, umount2, rmdir, with no checks.
+  move_mount, umount2, rmdir, with no checks;
+- "Python loop, same calls" (``bench/_same_calls.py``): C exact's calls and checks
+  in a plain Python loop through mountplan's ``_kernel`` wrappers, no engine: the
+  language's floor for these calls.
 
 The C file is compiled with ``cc -O2`` into a temporary directory at run time (the C
 rows are skipped, with a message, when there is no compiler). Before timing, the
 engine's backend calls for one apply+destroy are recorded and compared with the C
-loop's trace; the script stops if they differ.
+loop's trace and the Python loop's; the script stops if they differ.
 
-    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--no-what-if] [--profile]
+    .venv/bin/python bench/bench_vs_c.py [--rounds 15] [--per-round 10] [--disk-dir /var/tmp] [--no-what-if] [--no-trace-check] [--phases] [--profile]
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import _phases  # bench/ is sys.path[0] when a script runs
+import _same_calls
 
 import mountplan
 from mountplan._kernel import (
@@ -63,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN_PATH = REPO / "plans" / "build-action.yaml"
 C_SOURCE = REPO / "bench" / "c" / "build_action.c"
 INNER = "MOUNTPLAN_BENCH_IN_NAMESPACE"
+PYTHON_LOOP = "Python loop, same calls"
 
 
 def _mount_tmpfs(where: str) -> None:
@@ -108,6 +115,9 @@ def _check_same_calls(exe: str, plan: Plan, root: str, state_dir: str) -> None:
     trace = subprocess.run([exe, "trace", root], check=True, capture_output=True, text=True).stdout.split()
     if engine != trace:
         raise SystemExit(f"bench/c/build_action.c no longer mirrors the engine:\nengine: {engine}\nC:      {trace}")
+    python = _same_calls.trace(root)
+    if engine != python:
+        raise SystemExit(f"bench/_same_calls.py no longer mirrors the engine:\nengine: {engine}\nPython: {python}")
 
 
 class _Fsyncs:
@@ -164,6 +174,25 @@ def _time_engine_cpu(
     return times, (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
 
 
+def _time_python_loop(root: str, n: int) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """C exact's round in Python through the ``_kernel`` wrappers (bench/_same_calls.py), timed as the engine is."""
+    loop = _same_calls.Loop(root)
+    out = []
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loop.apply()
+            t1 = time.perf_counter()
+            loop.destroy()
+            t2 = time.perf_counter()
+            out.append((t1 - t0, t2 - t1))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        loop.close()
+    return out, (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+
+
 def _time_c(exe: str, mode: str, root: str, n: int) -> tuple[list[tuple[float, float]], tuple[float, float]]:
     """The C loop times itself (clock_gettime around apply and destroy, getrusage around the loop):
     no exec or process start-up in its figures."""
@@ -189,6 +218,8 @@ def _bench(args: argparse.Namespace) -> str:
         exe = _compile(base)
         if exe is None:
             out.write("no C compiler (cc, gcc, clang): the C rows are skipped\n")
+        elif args.no_trace_check:
+            out.write("trace check skipped (--no-trace-check): the C and Python loops mirror this checkout's engine\n")
         else:
             _check_same_calls(exe, plan, root, tmpfs_state)
         fs_of_disk = _fs_type(disk)
@@ -206,6 +237,7 @@ def _bench(args: argparse.Namespace) -> str:
                 ("what-if: tmpfs + fsync per journal line, state", lambda n: _time_engine_cpu(
                     plan, roots, tmpfs_state, n, fsyncs=True)),
             ]
+        contenders.append((PYTHON_LOOP, lambda n: _time_python_loop(root, n)))
         if exe is not None:
             contenders += [
                 ("C loop, exact syscalls", lambda n: _time_c(exe, "exact", root, n)),
@@ -247,21 +279,34 @@ def _bench(args: argparse.Namespace) -> str:
             sync_disk, sync_tmpfs = (med[label][2] for label, _ in contenders[2:4])
             out.write(f"  => what-if fsyncs / engine on tmpfs: state on disk {sync_disk / eng:.2f}x, "
                       f"on tmpfs {sync_tmpfs / eng:.2f}x\n")
+        engine_cpu = sum(cpu["engine, state on tmpfs"])
+        python_cpu = sum(cpu[PYTHON_LOOP])
+        out.write(f"  => engine (tmpfs) / Python loop: cpu (user+sys) {engine_cpu / python_cpu:.2f}x;  "
+                  f"engine (state on disk) / Python loop: {sum(cpu[on_disk]) / python_cpu:.2f}x\n")
         if exe is not None:
+            c_exact_cpu = sum(cpu["C loop, exact syscalls"])
+            out.write(f"  => Python loop / C exact: cpu (user+sys) {python_cpu / c_exact_cpu:.2f}x;  "
+                      f"engine (state on disk) / C exact: {sum(cpu[on_disk]) / c_exact_cpu:.2f}x\n")
             exact, minimal = med["C loop, exact syscalls"], med["C loop, minimal"]
-            engine_cpu = sum(cpu["engine, state on tmpfs"])
             for label, base_row, key in (("C exact", exact, "C loop, exact syscalls"),
                                          ("C minimal", minimal, "C loop, minimal")):
                 ratio = [med["engine, state on tmpfs"][i] / base_row[i] for i in range(3)]
                 out.write(f"  => engine (tmpfs) / {label}: wall median apply {ratio[0]:.2f}x  destroy {ratio[1]:.2f}x  "
                           f"total {ratio[2]:.2f}x;  cpu (user+sys) {engine_cpu / sum(cpu[key]):.2f}x\n")
+        if args.phases:
+            _time_engine(plan, roots, tmpfs_state, 5)
+            with _phases.timed_phases() as (seconds, calls):
+                _time_engine(plan, roots, tmpfs_state, 100)
+            out.write("engine (state on tmpfs), wall time by phase per apply+destroy (inclusive, nested; 100 runs):\n")
+            out.write(_phases.report(seconds, calls, 100))
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
             _time_engine(plan, roots, tmpfs_state, 50)
             prof.disable()
             text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(30)
+            for key in ("tottime", "cumulative"):
+                pstats.Stats(prof, stream=text).sort_stats(key).print_stats(35)
             out.write(text.getvalue())
     finally:
         _unmount(base)
@@ -290,6 +335,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10, help="apply+destroy per contender per round")
     parser.add_argument("--disk-dir", default="/var/tmp", help="where the on-disk state directory goes")
     parser.add_argument("--no-what-if", action="store_true", help="leave out the what-if fsync rows")
+    parser.add_argument("--no-trace-check", action="store_true",
+                        help="time an engine whose calls differ from the loops' (an older mountplan on PYTHONPATH)")
+    parser.add_argument("--phases", action="store_true", help="wall time of the engine's phases (bench/_phases.py)")
     parser.add_argument("--profile", action="store_true", help="cProfile 50 engine apply+destroy (state on tmpfs)")
     args = parser.parse_args()
     if os.environ.get(INNER) == "1":

@@ -1,4 +1,4 @@
-/* Apply+destroy of plans/build-action.yaml's 11 mounts beneath ROOT in a plain C loop.
+/* Apply+destroy of plans/build-action.yaml (13 mounts, 5 symlinks) beneath ROOT in a plain C loop.
  *
  *   build_action exact|minimal ROOT ROUNDS     one line per round: "APPLY_NS DESTROY_NS", then
  *                                              "cpu USER_US SYS_US" of the whole loop
@@ -6,22 +6,26 @@
  *                                              backend would make, one name a line
  *
  * "exact" makes the kernel calls mountplan's engine makes against the root and the
- * mounts, in its order (compare `strace` of Engine.apply/destroy): the existence probe,
- * mkdir/creat of the mountpoint and its fstatat, openat2 beneath the root with
+ * mounts, in its order (compare `strace` of Engine.apply/destroy): the probe of the
+ * planned symlinks' parent, the existence probe, mkdir/creat of the mountpoint, its
+ * fstatat and its statx evidence (inode, birth time), openat2 beneath the root with
  * RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS, fstat (no symlink), statx for the unique
  * mount id of the target's mount and of the detached mount, one statmount of the mount
- * the root lies on (shared?), move_mount onto
- * the fd, openat2+statx after attaching (landed beneath the root?), mount_setattr for
- * propagation, and the engine's reads of the live table (statx, statmount, listmount)
- * beneath the root and beneath the recursive bind's source; destroy: statx (ours?),
- * umount2 through /proc/self/fd, statx (gone?), fstatat + unlink/rmdir of what apply
- * created. It checks the ids it reads, as the engine does. Left out: the engine's own
- * files (journal, state, lock): that bookkeeping is what the ratio prices.
+ * the root lies on (shared?), move_mount onto the fd, openat2+statx after attaching
+ * (landed beneath the root?), mount_setattr for propagation, the engine's reads of the
+ * live table (statx, statmount, listmount) beneath the root and beneath the recursive
+ * bind's source, and for each /dev symlink symlinkat, openat2 without following, fstat,
+ * readlinkat and its statx evidence; destroy: statx (ours?), umount2 through
+ * /proc/self/fd, statx (gone?), then fstatat, statx (no mount there), statx evidence
+ * and unlinkat of what apply created (not of the mountpoints on the /dev tmpfs, which
+ * go with it). It checks the ids it reads, as the engine does.
+ * Left out: the engine's own files (journal, state, lock): that bookkeeping is what the
+ * ratio prices.
  *
  * "minimal" is what a hand-written tool would do with no checks at all: mkdir,
  * fsopen/fsconfig/fsmount or open_tree, move_mount by a path relative to the root fd,
- * umount2, rmdir. Build: cc -O2 -o build_action build_action.c (Linux >= 6.8 headers
- * not needed: numbers and structs are spelled out below).
+ * symlinkat, umount2, rmdir. Build: cc -O2 -o build_action build_action.c (Linux >= 6.8
+ * headers not needed: numbers and structs are spelled out below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,6 +50,7 @@
 #define NR_statmount 457
 #define NR_listmount 458
 
+#define FSCONFIG_SET_FLAG 0
 #define FSCONFIG_SET_STRING 1
 #define FSCONFIG_CMD_CREATE 6
 #define MOUNT_ATTR_RDONLY 0x1
@@ -221,13 +226,21 @@ static void attach(int rootfd, int mnt, int target, const char *path, int recurs
     close(mnt);
 }
 
-/* A directory mountpoint right under dirfd: probe, mkdir, fstatat, open beneath, fstat. */
+/* What apply records of an object it made: device, inode and birth time (statx INO|BTIME). */
+static void evidence(int dirfd, const char *name, int flags) {
+    struct statx stx;
+    note("root_evidence");
+    if (statx(dirfd, name, flags | AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_BTIME, &stx) < 0) die("statx", name);
+}
+
+/* A directory mountpoint right under dirfd: probe, mkdir, fstatat, evidence, open beneath, fstat. */
 static int make_dir(int dirfd, const char *name, const struct open_how_ *how) {
     struct stat st;
     probe_absent(dirfd, name, how);
     note("mkdirat");
     if (mkdirat(dirfd, name, 0755) < 0) die("mkdirat", name);
     if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) die("fstatat", name);
+    evidence(dirfd, name, 0);
     int fd = beneath(dirfd, name, how);
     not_symlink(fd, name);
     return fd;
@@ -235,10 +248,15 @@ static int make_dir(int dirfd, const char *name, const struct open_how_ *how) {
 
 static const char *const DEVICES[] = {"null", "zero", "full", "random", "urandom", "tty"};
 #define NDEV 6
+static const char *const LINKS[][2] = {{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+                                       {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
+                                       {"ptmx", "pts/ptmx"}};
+#define NLINK 5
 static const char *const OPT_PROC[] = {"source", "proc", NULL};
 static const char *const OPT_SYS[] = {"source", "sysfs", NULL};
 static const char *const OPT_DEV[] = {"source", "dev", "size", "64k", "mode", "0755", NULL};
 static const char *const OPT_TMP[] = {"source", "tmpfs", "size", "256M", "mode", "1777", NULL};
+static const char *const OPT_SHM[] = {"source", "shm", "mode", "1777", NULL};
 #define NSD (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 
 static void fs_mount(int rootfd, const char *type, const char *const *opts, unsigned attrs, const char *name) {
@@ -246,34 +264,23 @@ static void fs_mount(int rootfd, const char *type, const char *const *opts, unsi
     attach(rootfd, mnt, make_dir(rootfd, name, &HOW_ANY), name, 0);
 }
 
+/* A filesystem mounted on a directory made in ROOT/dev (devpts, shm). */
+static void dev_mount(int rootfd, int mnt, const char *name, const char *path) {
+    int dev = beneath(rootfd, "dev", &HOW_DIR);
+    int target = make_dir(dev, name, &HOW_ANY);
+    close(dev);
+    attach(rootfd, mnt, target, path, 0);
+}
+
 static void apply_exact(int rootfd, const char *root) {
     root_mount = 0;
     nours = 0;
+    /* the planned symlinks are observed first: their parent, dev, is not there yet (one lookup) */
+    note("openat2");
+    if (openat2_(rootfd, "dev", &HOW_DIR) >= 0 || errno != ENOENT) die("probe", "dev");
     if (read_beneath(root) != 0) { errno = EEXIST; die("mounts already beneath", root); }
     fs_mount(rootfd, "proc", OPT_PROC, NSD | MOUNT_ATTR_NOEXEC, "proc");
     fs_mount(rootfd, "sysfs", OPT_SYS, NSD | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_RDONLY, "sys");
-    fs_mount(rootfd, "tmpfs", OPT_DEV, NSD | MOUNT_ATTR_NOEXEC, "dev");
-    for (int i = 0; i < NDEV; i++) {
-        char src[32], path[32];
-        struct stat st;
-        snprintf(src, sizeof src, "/dev/%s", DEVICES[i]);
-        snprintf(path, sizeof path, "dev/%s", DEVICES[i]);
-        note("open_tree");
-        int mnt = (int)syscall(NR_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | O_CLOEXEC);
-        if (mnt < 0) die("open_tree", src);
-        if (fstat(mnt, &st) < 0) die("fstat", src);
-        setattr(mnt, AT_EMPTY_PATH, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0);
-        int dev = beneath(rootfd, "dev", &HOW_DIR);
-        probe_absent(dev, DEVICES[i], &HOW_ANY);
-        int f = openat(dev, DEVICES[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        if (f < 0) die("creat", path);
-        close(f);
-        if (fstatat(dev, DEVICES[i], &st, AT_SYMLINK_NOFOLLOW) < 0) die("fstatat", path);
-        int target = beneath(dev, DEVICES[i], &HOW_ANY);
-        not_symlink(target, path);
-        close(dev);
-        attach(rootfd, mnt, target, path, 0);
-    }
     fs_mount(rootfd, "tmpfs", OPT_TMP, NSD, "tmp");
 
     /* tools: a recursive read-only bind of ROOT/toolchain at opt/tools */
@@ -298,12 +305,73 @@ static void apply_exact(int rootfd, const char *root) {
     note("move_mount");
     if (syscall(NR_move_mount, mnt, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
         die("move_mount", "opt/tools");
+    ours[nours++] = id;
     close(target);
     int check = beneath(rootfd, "opt/tools", &HOW_ANY);
     if (mount_id(check, "", AT_EMPTY_PATH) != id) { errno = EXDEV; die("landed elsewhere", "opt/tools"); }
     close(check);
     setattr(mnt, AT_EMPTY_PATH | AT_RECURSIVE, 0, MS_PRIVATE);
     close(mnt);
+
+    fs_mount(rootfd, "tmpfs", OPT_DEV, NSD | MOUNT_ATTR_NOEXEC, "dev");
+    for (int i = 0; i < NDEV; i++) {
+        char src_path[32], path[32];
+        snprintf(src_path, sizeof src_path, "/dev/%s", DEVICES[i]);
+        snprintf(path, sizeof path, "dev/%s", DEVICES[i]);
+        note("open_tree");
+        int dmnt = (int)syscall(NR_open_tree, AT_FDCWD, src_path, OPEN_TREE_CLONE | O_CLOEXEC);
+        if (dmnt < 0) die("open_tree", src_path);
+        if (fstat(dmnt, &st) < 0) die("fstat", src_path);
+        setattr(dmnt, AT_EMPTY_PATH, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, 0);
+        int dev = beneath(rootfd, "dev", &HOW_DIR);
+        probe_absent(dev, DEVICES[i], &HOW_ANY);
+        int f = openat(dev, DEVICES[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (f < 0) die("creat", path);
+        close(f);
+        if (fstatat(dev, DEVICES[i], &st, AT_SYMLINK_NOFOLLOW) < 0) die("fstatat", path);
+        evidence(dev, DEVICES[i], 0);
+        int dtarget = beneath(dev, DEVICES[i], &HOW_ANY);
+        not_symlink(dtarget, path);
+        close(dev);
+        attach(rootfd, dmnt, dtarget, path, 0);
+    }
+    static const char *const OPT_PTS[] = {"source", "devpts", NULL};
+    note("fsopen");
+    int fs = (int)syscall(NR_fsopen, "devpts", 1);
+    if (fs < 0) die("fsopen", "devpts");
+    fsconfig_string(fs, OPT_PTS[0], OPT_PTS[1]);
+    note("fsconfig_set_flag");
+    if (syscall(NR_fsconfig, fs, FSCONFIG_SET_FLAG, "newinstance", NULL, 0) < 0) die("fsconfig", "newinstance");
+    fsconfig_string(fs, "ptmxmode", "0666");
+    fsconfig_string(fs, "mode", "0620");
+    note("fsconfig_create");
+    if (syscall(NR_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) die("fsconfig create", "devpts");
+    note("fsmount");
+    int pts = (int)syscall(NR_fsmount, fs, 1, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+    if (pts < 0) die("fsmount", "devpts");
+    close(fs);
+    dev_mount(rootfd, pts, "pts", "dev/pts");
+    dev_mount(rootfd, new_fs("tmpfs", OPT_SHM, NSD), "shm", "dev/shm");
+
+    /* the symlinks: parent resolved, name probed, symlinkat, opened without following, evidence */
+    for (int i = 0; i < NLINK; i++) {
+        char text[64];
+        note("openat2_if_exists");
+        int dev = openat2_(rootfd, "dev", &HOW_ANY);
+        if (dev < 0) die("openat2", "dev");
+        not_symlink(dev, "dev");
+        probe_absent(dev, LINKS[i][0], &HOW_ANY);
+        note("symlinkat");
+        if (symlinkat(LINKS[i][1], dev, LINKS[i][0]) < 0) die("symlinkat", LINKS[i][0]);
+        int fd = beneath(dev, LINKS[i][0], &HOW_ANY);
+        if (fstat(fd, &st) < 0 || !S_ISLNK(st.st_mode)) die("fstat (symlink)", LINKS[i][0]);
+        ssize_t n = readlinkat(fd, "", text, sizeof text);
+        if (n < 0 || (size_t)n != strlen(LINKS[i][1]) || memcmp(text, LINKS[i][1], (size_t)n) != 0)
+            die("readlinkat", LINKS[i][0]);
+        evidence(fd, "", AT_EMPTY_PATH);
+        close(fd);
+        close(dev);
+    }
 }
 
 /* Unmount dirfd/name if the mount there is the one found before, and check it is gone. */
@@ -316,13 +384,45 @@ static void unmount(int dirfd, const char *name) {
     if (mount_id(dirfd, name, AT_SYMLINK_NOFOLLOW) == before) { errno = EBUSY; die("still mounted", name); }
 }
 
+/* Remove what apply made at dirfd/name: not a mount any more (its mount is dirfd's), the same
+ * inode and birth time as recorded, then unlinkat. */
 static void remove_created(int dirfd, const char *name, int flags) {
     struct stat st;
     if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) die("fstatat", name);
+    if (mount_id(dirfd, name, AT_SYMLINK_NOFOLLOW) != mount_id(dirfd, "", AT_EMPTY_PATH)) {
+        errno = EBUSY;
+        die("still a mount", name);
+    }
+    evidence(dirfd, name, 0);
+    note("unlinkat");
     if (unlinkat(dirfd, name, flags) < 0) die("unlinkat", name);
 }
 
+/* A mount on ROOT/dev/NAME: unmount through dev. Its mountpoint lies on the dev tmpfs,
+ * which is unmounted next and takes it along. */
+static void destroy_in_dev(int rootfd, const char *name) {
+    int dev = beneath(rootfd, "dev", &HOW_DIR);
+    unmount(dev, name);
+    close(dev);
+}
+
 static void destroy_exact(int rootfd) {
+    struct stat st;
+    char text[64];
+    destroy_in_dev(rootfd, "shm");
+    destroy_in_dev(rootfd, "pts");
+    for (int i = NDEV - 1; i >= 0; i--) destroy_in_dev(rootfd, DEVICES[i]);
+    for (int i = NLINK - 1; i >= 0; i--) {
+        int dev = beneath(rootfd, "dev", &HOW_DIR);
+        if (fstatat(dev, LINKS[i][0], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(st.st_mode)) die("fstatat", LINKS[i][0]);
+        if (readlinkat(dev, LINKS[i][0], text, sizeof text) < 0) die("readlinkat", LINKS[i][0]);
+        evidence(dev, LINKS[i][0], 0);
+        note("unlinkat");
+        if (unlinkat(dev, LINKS[i][0], 0) < 0) die("unlinkat", LINKS[i][0]);
+        close(dev);
+    }
+    unmount(rootfd, "dev");
+    remove_created(rootfd, "dev", AT_REMOVEDIR);
     int opt = beneath(rootfd, "opt", &HOW_DIR);
     unmount(opt, "tools");
     close(opt);
@@ -332,16 +432,6 @@ static void destroy_exact(int rootfd) {
     remove_created(rootfd, "opt", AT_REMOVEDIR);
     unmount(rootfd, "tmp");
     remove_created(rootfd, "tmp", AT_REMOVEDIR);
-    for (int i = NDEV - 1; i >= 0; i--) {
-        int dev = beneath(rootfd, "dev", &HOW_DIR);
-        unmount(dev, DEVICES[i]);
-        close(dev);
-        dev = beneath(rootfd, "dev", &HOW_DIR);
-        remove_created(dev, DEVICES[i], 0);
-        close(dev);
-    }
-    unmount(rootfd, "dev");
-    remove_created(rootfd, "dev", AT_REMOVEDIR);
     unmount(rootfd, "sys");
     remove_created(rootfd, "sys", AT_REMOVEDIR);
     unmount(rootfd, "proc");
@@ -370,6 +460,23 @@ static void apply_minimal(int rootfd) {
         close(openat(rootfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0666));
         place(rootfd, mnt, path);
     }
+    mkdirat(rootfd, "dev/pts", 0755);
+    int fs = (int)syscall(NR_fsopen, "devpts", 1);
+    if (fs < 0) die("fsopen", "devpts");
+    syscall(NR_fsconfig, fs, FSCONFIG_SET_STRING, "source", "devpts", 0);
+    syscall(NR_fsconfig, fs, FSCONFIG_SET_FLAG, "newinstance", NULL, 0);
+    syscall(NR_fsconfig, fs, FSCONFIG_SET_STRING, "ptmxmode", "0666", 0);
+    syscall(NR_fsconfig, fs, FSCONFIG_SET_STRING, "mode", "0620", 0);
+    if (syscall(NR_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) die("fsconfig create", "devpts");
+    place(rootfd, (int)syscall(NR_fsmount, fs, 1, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC), "dev/pts");
+    close(fs);
+    mkdirat(rootfd, "dev/shm", 0755);
+    place(rootfd, new_fs("tmpfs", OPT_SHM, NSD), "dev/shm");
+    for (int i = 0; i < NLINK; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "dev/%s", LINKS[i][0]);
+        if (symlinkat(LINKS[i][1], rootfd, path) < 0) die("symlinkat", path);
+    }
     mkdirat(rootfd, "tmp", 0755);
     place(rootfd, new_fs("tmpfs", OPT_TMP, NSD), "tmp");
     mkdirat(rootfd, "opt", 0755);
@@ -380,7 +487,7 @@ static void apply_minimal(int rootfd) {
 }
 
 static void destroy_minimal(const char *root, int rootfd) {
-    static const char *const order[] = {"opt/tools", "tmp", "dev/tty", "dev/urandom", "dev/random",
+    static const char *const order[] = {"opt/tools", "tmp", "dev/shm", "dev/pts", "dev/tty", "dev/urandom", "dev/random",
                                         "dev/full", "dev/zero", "dev/null", "dev", "sys", "proc"};
     char path[4096];
     for (size_t i = 0; i < sizeof order / sizeof *order; i++) {

@@ -71,13 +71,16 @@ if os.uname().machine in {"alpha", "mips", "mips64", "ia64"}:  # pragma: no cove
     raise ImportError(f"mountplan: syscall numbers for {os.uname().machine} are not known")
 
 SYSCALL_NUMBERS: dict[str, int] = dict(_GENERIC)
+# Each number boxed once: ctypes reads a c_long argument without copying it, and
+# the engine makes a few hundred of these calls per apply+destroy.
+_BOXED: dict[str, ctypes.c_long] = {name: ctypes.c_long(nr) for name, nr in SYSCALL_NUMBERS.items()}
 
 
 def syscall(name: str, *args: Any) -> int:
     """Issue syscall ``name``; return its result or ``-errno``. Retries EINTR."""
-    nr = ctypes.c_long(SYSCALL_NUMBERS[name])
+    nr = _BOXED[name]
     while True:
-        ret = int(_syscall(nr, *args))
+        ret: int = _syscall(nr, *args)  # restype c_long: already an int
         if ret != -1:
             return ret
         err = ctypes.get_errno()
@@ -88,7 +91,7 @@ def syscall(name: str, *args: Any) -> int:
 def call(func: Callable[..., int], *args: Any) -> int:
     """Call a libc function; return its result or ``-errno``. Retries EINTR."""
     while True:
-        ret = int(func(*args))
+        ret: int = func(*args)  # every wrapper here has an integer restype
         if ret != -1:
             return ret
         err = ctypes.get_errno()

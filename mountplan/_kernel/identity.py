@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from dataclasses import dataclass
 
 from mountplan.errors import KernelError
@@ -46,16 +47,25 @@ class RootEvidence:
         return cls((major, minor), ino, btime)
 
 
+_NOFOLLOW = int(AtFlag.SYMLINK_NOFOLLOW)
+_MASK = _STATX_INO | _STATX_BTIME
+_U32, _U64, _BTIME, _DEV = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<qI"), struct.Struct("<II")
+# One result buffer per thread (embedders apply plans from several threads), read
+# in place: several calls per object made or removed.
+_buffers = threading.local()
+
+
 def root_evidence(dirfd: int, path: str = "", flags: AtFlag = AtFlag.EMPTY_PATH) -> RootEvidence:
     """statx of ``path`` in ``dirfd`` (the fd itself with the default flags), never following a final symlink."""
-    buf = ctypes.create_string_buffer(_SIZE)
-    ret = _libc.call(_libc.statx, dirfd, path.encode(), int(flags | AtFlag.SYMLINK_NOFOLLOW),
-                     _STATX_INO | _STATX_BTIME, buf)
+    buf: ctypes.Array[ctypes.c_char] | None = getattr(_buffers, "statx", None)
+    if buf is None:
+        buf = _buffers.statx = ctypes.create_string_buffer(_SIZE)
+    ret = _libc.call(_libc.statx, dirfd, path.encode(), int(flags) | _NOFOLLOW, _MASK, buf)
     if ret < 0:
         raise KernelError(-ret, "statx", paths=[path] if path else [], flags="INO|BTIME")
-    (mask,) = struct.unpack_from("<I", buf.raw, 0)
-    (ino,) = struct.unpack_from("<Q", buf.raw, 32)
-    sec, nsec = struct.unpack_from("<qI", buf.raw, 80)
-    major, minor = struct.unpack_from("<II", buf.raw, 136)
+    (mask,) = _U32.unpack_from(buf, 0)
+    (ino,) = _U64.unpack_from(buf, 32)
+    sec, nsec = _BTIME.unpack_from(buf, 80)
+    major, minor = _DEV.unpack_from(buf, 136)
     btime = sec * 1_000_000_000 + nsec if mask & _STATX_BTIME else None
     return RootEvidence((major, minor), ino, btime)

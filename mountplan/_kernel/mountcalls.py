@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 
 from . import _libc
@@ -32,14 +33,25 @@ def open_tree(dirfd: int, path: str, flags: OpenTreeFlag) -> Fd:
     return Fd(ret, f"open_tree:{path}")
 
 
+@functools.lru_cache(maxsize=256)
+def _packed_attr(attr_set: int, attr_clr: int, propagation: int, userns_fd: int) -> bytes:
+    # Setting any atime mode needs the whole atime field cleared first (kernel.md).
+    if attr_set & MOUNT_ATTR_ATIME_MASK or attr_clr & MOUNT_ATTR_ATIME_MASK:
+        attr_clr |= MOUNT_ATTR_ATIME_MASK
+    return _MOUNT_ATTR.pack(attr_set, attr_clr, propagation, userns_fd)
+
+
 def _mount_attr(
     attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None, userns_fd: int = 0
-) -> ctypes.Array[ctypes.c_char]:
-    # Setting any atime mode needs the whole atime field cleared first (kernel.md).
-    if int(attr_set) & MOUNT_ATTR_ATIME_MASK or int(attr_clr) & MOUNT_ATTR_ATIME_MASK:
-        attr_clr = MountAttr(int(attr_clr) | MOUNT_ATTR_ATIME_MASK)
-    raw = struct.pack("<QQQQ", int(attr_set), int(attr_clr), int(propagation or 0), userns_fd)
-    return ctypes.create_string_buffer(raw, len(raw))
+) -> bytes:
+    # The kernel only reads struct mount_attr (copy_struct_from_user): one immutable
+    # copy per combination (a handful per plan) serves every call.
+    return _packed_attr(int(attr_set), int(attr_clr), int(propagation or 0), userns_fd)
+
+
+_MOUNT_ATTR = struct.Struct("<QQQQ")
+_NOFOLLOW = int(UmountFlag.NOFOLLOW)
+_MOUNT_ATTR_SIZE = ctypes.c_size_t(_MOUNT_ATTR.size)
 
 
 def _describe_attr(
@@ -68,8 +80,8 @@ def open_tree_attr(
         ctypes.c_int(dirfd),
         ctypes.c_char_p(_path(path)),
         ctypes.c_uint(flags),
-        buf,
-        ctypes.c_size_t(len(buf)),
+        ctypes.c_char_p(buf),
+        _MOUNT_ATTR_SIZE,
     )
     if ret < 0:
         _raise(
@@ -103,8 +115,8 @@ def mount_setattr(
         ctypes.c_int(dirfd),
         ctypes.c_char_p(_path(path)),
         ctypes.c_uint(flags),
-        buf,
-        ctypes.c_size_t(len(buf)),
+        ctypes.c_char_p(buf),
+        _MOUNT_ATTR_SIZE,
     )
     if ret < 0:
         _raise(
@@ -147,7 +159,7 @@ def umount_at(dirfd: int, name: str, flags: UmountFlag = UmountFlag.NOFOLLOW, sh
     if not name or "/" in name or name in {".", ".."}:
         raise ValueError(f"umount_at needs one path component, got {name!r}")
     path = f"/proc/self/fd/{dirfd}/{name}"
-    flags = UmountFlag(flags | UmountFlag.NOFOLLOW)
-    ret = _libc.call(_libc.umount2, _path(path), int(flags))
+    raw = int(flags) | _NOFOLLOW
+    ret = _libc.call(_libc.umount2, _path(path), raw)
     if ret < 0:
-        _raise(-ret, "umount2", [shown or name], flag_names(flags, UmountFlag))
+        _raise(-ret, "umount2", [shown or name], flag_names(raw, UmountFlag))

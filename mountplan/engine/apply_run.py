@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .objects import ObjectMaker
 
 _stdlib_log = logging.getLogger("mountplan")
+#: Filesystems whose content lives in their superblock alone: a new one per fsopen, gone with its last mount.
+_VOLATILE = frozenset({"tmpfs", "ramfs"})
 _events: EventLogger = structured_logger(_stdlib_log)
 
 
@@ -192,7 +194,7 @@ engine: Engine,
                     name=name, root=spec.root, target=spec.target, mnt_id=handles.mnt_id, unique=handles.unique,
                     fingerprint=fingerprint(spec), created=handles.created,
                     recursive=spec.bind is not None and spec.bind.recursive, submounts=handles.submounts,
-                    proof=handles.proof, idmap=handles.idmap,
+                    proof=handles.proof, idmap=handles.idmap, volatile=spec.bind is None and spec.fs_type in _VOLATILE,
                 )
             )
             if info:

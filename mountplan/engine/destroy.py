@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,15 @@ class DestroyResult:
     kept: tuple[str, ...] = ()
 
 
-def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any) -> Outcome:
-    """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it."""
+def remove_managed(
+    ctx: Context, managed: ManagedMount, rootset: RootSet, log: Any,
+    *, defer: Collection[str] = (),
+) -> tuple[Outcome, list[dict[str, Any]]]:
+    """Unmount one managed mount (wherever it is now) and remove the mountpoints made for it.
+
+    The mountpoints whose paths are in ``defer`` are not removed but returned (in
+    the order made), for a caller that unmounts the filesystem holding them next.
+    """
     root = rootset.get(managed.root)
     if root is None:
         raise RootError(f"root {managed.root!r} is needed to remove mount {managed.name!r}")
@@ -38,8 +46,23 @@ def remove_managed(ctx: Context, managed: ManagedMount, rootset: RootSet, log: A
         log.warning("destroy.gone", mount=managed.name, target=f"{managed.root}:{managed.target}")
     else:
         log.info("mount.removed", mount=managed.name, target=f"{managed.root}:{managed.target}")
-    remove_created(ctx, managed.created, root, log)
-    return outcome
+    created, deferred = managed.created, []
+    if defer:
+        deferred = [item for item in created if str(item["path"]) in defer]
+        created = [item for item in created if str(item["path"]) not in defer]
+    remove_created(ctx, created, root, log)
+    return outcome, deferred
+
+
+def _holder(root: str, path: str, pending: dict[tuple[str, str], ManagedMount]) -> ManagedMount | None:
+    """The innermost of ``pending`` (mounts this destroy removes afterwards) that ``root:path`` lies in."""
+    parent = path.rpartition("/")[0]
+    while parent:
+        found = pending.get((root, parent))
+        if found is not None:
+            return found
+        parent = parent.rpartition("/")[0]
+    return None
 
 
 def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
@@ -76,6 +99,30 @@ def _remove_objects(
         del state.objects[index]
 
 
+def _remove_deferred(
+    ctx: Context, items: list[dict[str, Any]], holder: ManagedMount, rootset: RootSet, log: Any
+) -> None:
+    """``holder`` stays mounted: remove the mountpoints made on it after all, as if never deferred."""
+    root = rootset.get(holder.root)
+    if items and root is not None:
+        remove_created(ctx, items, root, log)
+
+
+def _flush_deferred(
+    ctx: Context, deferred: dict[str, list[dict[str, Any]]], order: list[ManagedMount], rootset: RootSet, log: Any
+) -> None:
+    """Destroy stopped early: the mounts still holding deferred mountpoints stay, so remove those now.
+
+    Best effort, as the error that stopped destroy is the one to report.
+    """
+    for holder in order:
+        items = deferred.pop(holder.name, [])
+        try:
+            _remove_deferred(ctx, items, holder, rootset, log)
+        except (MountplanError, OSError) as exc:
+            log.warning("destroy.kept_mountpoint", path=f"{holder.root}:{holder.target}", reason=str(exc))
+
+
 def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet, store: StateStore, log: Any) -> DestroyResult:
     """Remove the state's mounts, newest first; the state is saved after every outcome.
 
@@ -89,26 +136,50 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
     covered: list[str] = []
     kept_objects: list[str] = []
     managed: ManagedMount | None = None
+    # Mountpoints made in a tmpfs or ramfs of ours that this destroy unmounts
+    # afterwards (the device files on a /dev tmpfs) go with that filesystem:
+    # removing them one by one first would only be undone by the unmount. Only
+    # a volatile mount qualifies (what a bind or a disk filesystem holds stays
+    # after its unmount); if it stays (covered, kept, busy, destroy stopped),
+    # they are removed as before, so the end state is the same.
+    deferred: dict[str, list[dict[str, Any]]] = {}
+    order = list(reversed(state.mounts))
+    pending = {(m.root, m.target): m for m in state.mounts if m.target}
     try:
-        for managed in list(reversed(state.mounts)):
+        for managed in order:
+            pending.pop((managed.root, managed.target), None)
             if any(_beneath(k, managed) for k in kept):
                 kept.append(managed)
+                _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
                 continue
             if state.objects:
                 # What lies in a mount goes before it (an object in it would vanish unchecked).
                 _remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
+            holders = {
+                str(item["path"]): holder for item in managed.created
+                if (holder := _holder(managed.root, str(item["path"]), pending)) is not None and holder.volatile
+            }
             try:
-                outcome = remove_managed(ctx, managed, rootset, plog)
+                outcome, later = remove_managed(ctx, managed, rootset, plog, defer=holders.keys())
             except ForeignMountError as exc:
                 kept.append(managed)
                 covered.append(str(exc))
+                _remove_deferred(ctx, deferred.pop(managed.name, []), managed, rootset, plog)
                 continue
+            for name in {holders[str(item["path"])].name for item in later}:
+                # Prepended: remove_created goes from the end, so what a mount made later
+                # (possibly inside what an earlier one made) goes first.
+                mine = [item for item in later if holders[str(item["path"])].name == name]
+                deferred[name] = mine + deferred.get(name, [])
+            # Our mount is gone, and what it held went with it.
+            deferred.pop(managed.name, None)
             (removed if outcome is Outcome.REMOVED else gone).append(managed.name)
             state.mounts.remove(managed)
         managed = None
         if state.objects:
             _remove_objects(ctx, state, rootset, plog, removed, kept_objects)
     except MountplanError as exc:
+        _flush_deferred(ctx, deferred, order, rootset, plog)
         store.save(state)
         if isinstance(exc, BusyError):
             assert managed is not None
@@ -118,6 +189,7 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
             ) from exc
         raise
     except OSError as exc:
+        _flush_deferred(ctx, deferred, order, rootset, plog)
         store.save(state)
         where = managed.name if managed is not None else "?"
         raise ExecutionError(f"destroy {plan_name!r} stopped at {where!r}: {exc}") from exc

@@ -38,11 +38,23 @@ def _parent(ctx: Context, root: RootHandle, path: str) -> tuple[Fd, str] | Kerne
         return exc
 
 
-def observe_object(ctx: Context, root: RootHandle, path: str) -> ObservedObject:
-    """What is at ``root:path`` now (lstat beneath the root)."""
+def observe_object(
+    ctx: Context, root: RootHandle, path: str, missing: set[tuple[str, str]] | None = None
+) -> ObservedObject:
+    """What is at ``root:path`` now (lstat beneath the root).
+
+    ``missing`` collects the parents found absent during one look at a plan's
+    objects: the objects beneath one (the /dev symlinks before /dev is mounted)
+    are absent too, with no further lookup.
+    """
+    parent_key = (root.name, path.rpartition("/")[0])
+    if missing is not None and parent_key in missing:
+        return ObservedObject(Found.ABSENT)
     found = _parent(ctx, root, path)
     if isinstance(found, KernelError):
         if found.errno == errno.ENOENT:
+            if missing is not None:
+                missing.add(parent_key)
             return ObservedObject(Found.ABSENT)
         if found.errno in _BLOCKED:
             return ObservedObject(Found.BLOCKED, detail=str(found))
@@ -206,7 +218,8 @@ def prune_object(ctx: Context, state: State, name: str, rootset: RootSet, log: A
 def with_objects(ctx: Context, plan: Plan, rootset: RootSet, state: State, changes: ChangeSet, *, prune: bool) -> ChangeSet:
     """``changes`` (the mounts') with the plan's objects classified after them (looked at beneath their roots)."""
     fresh = {(c.root, c.target): c.mount for c in changes.changes if c.action in {Action.CREATE, Action.REPLACE}}
-    observed = {o.name: observe_object(ctx, rootset[o.root], o.path) for o in plan.objects if o.root in rootset}
+    missing: set[tuple[str, str]] = set()
+    observed = {o.name: observe_object(ctx, rootset[o.root], o.path, missing) for o in plan.objects if o.root in rootset}
     found, kept, problems = diff_objects(plan, state.objects, observed, fresh, prune=prune)
     return dataclasses.replace(
         changes, changes=changes.changes + tuple(found), kept=changes.kept + tuple(kept),

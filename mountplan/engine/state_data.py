@@ -48,6 +48,8 @@ class ManagedMount:
     #: an idmapped bind's mapping as applied: {"uids": [[i, o, c]...], "gids": [...]}, or
     #: {"userns": ref, "ns": [dev, ino]} (the namespace's identity when applied)
     idmap: dict[str, Any] | None = None
+    #: a tmpfs or ramfs this mount's own fsopen made: what lies in it goes with its last mount
+    volatile: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -59,6 +61,8 @@ class ManagedMount:
             data["proof"] = self.proof
         if self.idmap is not None:
             data["idmap"] = self.idmap
+        if self.volatile:
+            data["volatile"] = True
         return data
 
     @classmethod
@@ -76,7 +80,7 @@ class ManagedMount:
             unique=bool(data.get("unique", True)), fingerprint=str(data.get("fingerprint", "")),
             created=list(created), recursive=bool(data.get("recursive", False)),
             submounts=tuple(data.get("submounts", ())), proof=parse_proof(data.get("proof")),
-            idmap=_parse_idmap(data.get("idmap")),
+            idmap=_parse_idmap(data.get("idmap")), volatile=data.get("volatile") is True,
         )
 
 

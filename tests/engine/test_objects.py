@@ -101,6 +101,21 @@ def test_destroy_removes_objects_and_their_parents(tmp_path: Path, root_dir: str
     assert _plans.snapshot(root_dir) == before
 
 
+def test_objects_under_a_missing_parent_cost_one_lookup(tmp_path: Path, root_dir: str) -> None:
+    """Before dev is mounted, apply's look at the plan's objects resolves dev once for its three
+    symlinks (all absent), then makes them and leaves the same tree as objects looked at one by one."""
+    links = [_sym(f"dev-{n}", f"dev/{n}", f"/proc/self/fd/{i}") for i, n in enumerate(("stdin", "stdout", "stderr"))]
+    plan = _plan(*links)
+    recorder = FaultInjector()
+    _engine(tmp_path, recorder).apply(plan, {R: root_dir})
+    before_first_mount = recorder.calls[: recorder.calls.index("fsopen")]
+    assert before_first_mount.count("openat2") == 1, before_first_mount
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        assert os.readlink(os.path.join(root_dir, "dev", name)) == f"/proc/self/fd/{i}"
+    _engine(tmp_path).destroy(plan, {R: root_dir})
+    assert os.listdir(root_dir) == []
+
+
 def test_every_failure_rolls_back_objects(tmp_path: Path, root_dir: str) -> None:
     """A fault injected at each call of a clean apply in turn leaves root, mounts, fds and state as before."""
     plan = _standard()
