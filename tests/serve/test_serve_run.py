@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +176,21 @@ def test_unused_fd_in_a_run_is_refused(plan_path: str, roots: list[str], socket_
         os.close(read_end)
         assert reply["ok"] is False and reply["error"]["code"] == 2 and "[1]" in reply["error"]["message"], reply
 
+
+
+def test_the_documented_run_exchange(plan_path: str, roots: list[str], socket_path: str, state_dir: str) -> None:
+    """docs/embedding.md's `run` example: its request, sent as written, gets exactly its reply."""
+    text = (Path(__file__).parents[2] / "docs" / "embedding.md").read_text()
+    section = text.split("### `run`: the whole sandbox per request", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    sent, expected = block.strip().splitlines()
+    out_read, out_write = os.pipe()
+    with serving(plan_path, socket_path, state_dir), connect(socket_path) as sock:
+        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            send(sock, sent.encode(), [root, out_write, out_write])
+        finally:
+            os.close(root)
+            os.close(out_write)
+        assert sock.recv(65536).decode() == expected
+    os.close(out_read)
