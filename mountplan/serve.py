@@ -6,6 +6,8 @@ request carries (``SCM_RIGHTS``) belong to exactly that request. Each connection
 gets a thread; each ``apply`` is one plan instance, held through
 :meth:`Engine.session` (state lock held, ``session`` journal entry written) until
 the client asks for ``destroy`` or its connection ends, whichever comes first.
+A ``run`` request is one whole sandboxed action in a forked child
+(:mod:`mountplan.serve_run`); requests are read and checked by :mod:`mountplan.serve_requests`.
 
 Layering: above the public API, below the CLI. The CLI (``mountplan serve``)
 parses arguments, configures logging and handles signals; this module only serves.

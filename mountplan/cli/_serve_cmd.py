@@ -27,7 +27,7 @@ def add_serve_parser(sub: Any, parents: Sequence[argparse.ArgumentParser]) -> No
     """Register ``serve`` on the subcommand parsers ``sub`` (``parents``: the common options)."""
     p = sub.add_parser(
         "serve", parents=list(parents),
-        help="worker mode: apply PLAN for many clients over a unix socket (roots passed as fds)",
+        help="worker mode: apply PLAN, or run a whole sandboxed command in it, for many clients over a unix socket",
         description="Serve one plan on a unix socket: each client request applies it beneath the root fds it "
         "passes (SCM_RIGHTS); destroy on request or when the client disconnects. See docs/embedding.md.",
     )
