@@ -150,10 +150,11 @@ def spawn(command: Command, chroot_fd: int, relay: Relay, *, pid_one: bool) -> t
     """
     read_fd, write_fd = os.pipe()
     dispositions = {int(s): relay.original(s) for s in FORWARDED_SIGNALS}
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns to Python code paths we measure
         os.close(read_fd)
-        _exec_child(command, chroot_fd, write_fd, dispositions, relay.mask, pid_one=pid_one)
+        _exec_child(command, chroot_fd, write_fd, dispositions, relay.mask, parent=1 if pid_one else parent)
     relay.pid = pid
     relay.attach(pid)
     os.close(write_fd)
@@ -195,14 +196,15 @@ def _exec_child(
     dispositions: Mapping[int, _Handler],
     mask: Any,
     *,
-    pid_one: bool,
+    parent: int,
 ) -> None:
     stage = "setup"
     try:
-        if pid_one:
-            # The namespace dies with its pid 1 anyway; this also covers the
-            # moment before exec. Our parent is pid 1 of the namespace.
-            die_with_parent(lambda: os.getppid() == 1)
+        # Never outlive the process that destroys after us: killed, it can no longer
+        # stop us, and what we hold would keep the mounts busy. (Under --unshare the
+        # parent is pid 1 of the namespace, whose death ends it anyway; this also
+        # covers the moment before exec.)
+        die_with_parent(lambda: os.getppid() == parent)
         for signum, handler in dispositions.items():
             signal.signal(signum, signal.SIG_IGN if handler == signal.SIG_IGN else signal.SIG_DFL)
         # Python ignores SIGPIPE and SIGXFSZ itself; the command must get the defaults.

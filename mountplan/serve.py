@@ -341,7 +341,7 @@ class Server:
             raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
         try:
             child = start_run(self.plan, request, state_dir=self.engine.state_dir,
-                              lock_timeout=self.engine.lock_timeout)
+                              lock_timeout=self.engine.lock_timeout, server_fds=self._own_fds())
             _events.info("serve.run", client=number, pid=child.pid, command=request.argv[0])
             status = wait_run(child, sock)
         finally:
@@ -350,6 +350,14 @@ class Server:
                     del self._live[key]
         _events.info("serve.ran", client=number, status=status)
         return status
+
+    def _own_fds(self) -> list[int]:
+        """The server's own fds (listener, wake-up pipe, every connection), which a run's child closes."""
+        with self._lock:
+            fds = [sock.fileno() for sock, _ in self._connections.values()]
+        if self._listener is not None:
+            fds.append(self._listener.fileno())
+        return [*fds, self._wake_read, self._wake_write]
 
     def _release(self, action: _Action) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ sandbox down. If the server itself dies, the child gets SIGTERM from the kernel.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import pickle
@@ -24,6 +25,7 @@ import signal
 import socket
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -57,8 +59,14 @@ def warm(plan: Plan) -> None:
         import mountplan.engine.object_ops  # noqa: F401
 
 
-def start_run(plan: Plan, request: RunRequest, *, state_dir: str | None, lock_timeout: float) -> RunChild:
-    """Fork the child that runs ``request``; the request's fds stay the caller's to close."""
+def start_run(plan: Plan, request: RunRequest, *, state_dir: str | None, lock_timeout: float,
+              server_fds: Sequence[int]) -> RunChild:
+    """Fork the child that runs ``request``; the request's fds stay the caller's to close.
+
+    ``server_fds`` (the listener, every connection) are closed in the child: the
+    sandbox chain must not keep the server's socket or another client's
+    connection open. Nothing else is: an embedder's log handler keeps its file.
+    """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     server = os.getpid()
     # Blocked across the fork: none of the server's handlers (stop on SIGTERM) may run in the child.
@@ -67,7 +75,13 @@ def start_run(plan: Plan, request: RunRequest, *, state_dir: str | None, lock_ti
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the forked child ends in os._exit
             os.close(read_fd)
-            _child(plan, request, state_dir, lock_timeout, write_fd, server, mask)
+            _child(plan, request, state_dir, lock_timeout, write_fd, server, mask, server_fds)
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise ExecutionError(
+            f"run {request.argv[0]!r}: fork: {errno.errorcode.get(exc.errno or 0, exc.errno)} ({exc.strerror})"
+        ) from exc
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_fd)
@@ -81,8 +95,9 @@ def wait_run(child: RunChild, sock: socket.socket) -> int:
     """
     poller = select.poll()
     poller.register(child.report_fd, select.POLLIN)
-    # Only the hang-up: a request the client pipelines meanwhile waits its turn.
-    poller.register(sock.fileno(), select.POLLRDHUP)
+    # Only the hang-up (POLLHUP is always reported): a request the client pipelines
+    # meanwhile waits its turn, and a client that shut down only its writing side still waits.
+    poller.register(sock.fileno(), 0)
     data = b""
     deadline: float | None = None
     try:
@@ -126,28 +141,21 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _keep_only(*keep: int) -> None:
-    """Close every fd but 0-2 and ``keep``: the run (and the sandbox chain it forks) must not hold the
-    server's listener or another client's connection open, or that client would never see it end.
-
-    The server's Python objects for those fds live on in this copy of the process; with the cyclic
-    collector off none of them is finalised (which would close a number since reused) before _exit.
-    """
-    gc.disable()
-    low = 3
-    for fd in sorted({fd for fd in keep if fd >= 3}):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-
-
 def _child(plan: Plan, request: RunRequest, state_dir: str | None, lock_timeout: float, write_fd: int,
-           server: int, mask: set[int | signal.Signals]) -> NoReturn:
+           server: int, mask: set[int | signal.Signals], server_fds: Sequence[int]) -> NoReturn:
     payload: tuple[str, object]
     null = -1
     try:
         die_with_parent(lambda: os.getppid() == server, signal.SIGTERM)
-        _keep_only(write_fd, *request.roots.values(), *(fd for fd in request.stdio if fd is not None))
+        # The server's Python objects for these fds live on in this copy of the process
+        # but are never used here; with the cyclic collector off none is finalised
+        # (which would close a number since reused) before _exit.
+        gc.disable()
+        for fd in server_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)  # an embedder's (asyncio's) wake-up fd is not ours to write to
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -6,13 +6,19 @@ Driven by the raw-socket client written from docs/embedding.md (``_client.py``).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _client import connect, request, send
 from _serving import eventually, mount_points, mounted, serving
+
+from mountplan import serve_run
 
 pytestmark = pytest.mark.mountns
 
@@ -93,27 +99,111 @@ def test_missing_stdio_is_dev_null(plan_path: str, roots: list[str], socket_path
         assert _read_all(out_read).split() == ["/dev/null", "/dev/null"]
 
 
+def _client_process(socket_path: str, doc: dict[str, Any], fds: list[int], *, half_close: bool = False) -> int:
+    """Fork a client that sends ``doc`` with ``fds``, then waits for its reply (and writes it to stderr)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sock = connect(socket_path)
+            sock.settimeout(None)
+            send(sock, json.dumps(doc).encode(), fds)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)  # done sending, still reading
+            reply = sock.recv(65536)
+            os.write(2, reply)
+            os._exit(0 if json.loads(reply).get("status") == 5 else 1)
+        finally:
+            os._exit(2)
+    return pid
+
+
 def test_client_hangup_stops_the_command_and_tears_down(
     plan_path: str, roots: list[str], socket_path: str, state_dir: str
 ) -> None:
-    """A client that goes away mid-run: the command is stopped, the mounts and mountpoints go, the server lives on."""
+    """A client killed mid-run: the command is stopped, the mounts and mountpoints go, the server lives on."""
     out_read, out_write = os.pipe()
     with serving(plan_path, socket_path, state_dir):
-        sock = connect(socket_path)
-        fds = [os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), out_write]
+        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "stdio": [None, 1, None],
                "argv": ["/bin/sh", "-c", "echo ready; exec sleep 1000"]}
-        send(sock, json.dumps(doc).encode(), fds)
-        for fd in fds:
-            os.close(fd)
+        client = _client_process(socket_path, doc, [root, out_write])
+        os.close(root)
+        os.close(out_write)
         assert os.read(out_read, 6) == b"ready\n"
-        sock.close()  # gone without waiting for the reply
+        os.kill(client, signal.SIGKILL)  # the kernel closes its connection
+        os.waitpid(client, 0)
         # The pipe ends when the last writer, the sleeping command, is gone.
         assert _read_all(out_read) == ""
         eventually(lambda: os.listdir(roots[0]) == [], "the run's teardown after the hang-up")
         with connect(socket_path) as other:
             assert request(other, {"format_version": 1, "op": "ping"})["ok"] is True
             assert _run(other, roots[0], ["true"])["status"] == 0  # the root is free again
+
+
+def test_half_closed_client_still_gets_its_reply(
+    plan_path: str, roots: list[str], socket_path: str, state_dir: str
+) -> None:
+    """shutdown(SHUT_WR) after the request is not a hang-up: the run goes on and the reply arrives."""
+    err_read, err_write = os.pipe()
+    with serving(plan_path, socket_path, state_dir):
+        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "argv": ["/bin/sh", "-c", "sleep 0.3; exit 5"]}
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(err_write, 2)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(_client_process(socket_path, doc, [root], half_close=True),
+                                                          0)[1]))
+        os.close(root)
+        os.close(err_write)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, _read_all(err_read)
+        os.close(err_read)
+
+
+def test_a_command_ignoring_sigterm_dies_with_the_run_without_unshare(
+    plan_path: str, roots: list[str], socket_path: str, state_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """unshare false, client gone, the command ignores SIGTERM: the SIGKILL after the grace reaches it too."""
+    monkeypatch.setattr(serve_run, "RUN_GRACE", 0.5)
+    out_read, out_write = os.pipe()
+    with serving(plan_path, socket_path, state_dir):
+        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "stdio": [None, 1, None], "unshare": False,
+               "argv": ["/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 30"]}
+        client = _client_process(socket_path, doc, [root, out_write])
+        os.close(root)
+        os.close(out_write)
+        assert os.read(out_read, 6) == b"ready\n"
+        os.kill(client, signal.SIGKILL)
+        os.waitpid(client, 0)
+        started = time.monotonic()
+        assert _read_all(out_read) == ""  # every writer gone: the command too
+        assert time.monotonic() - started < 10
+
+
+def test_the_server_log_gets_the_runs_events(
+    plan_path: str, roots: list[str], socket_path: str, state_dir: str, tmp_path: Path
+) -> None:
+    """An embedder's log file keeps receiving mountplan's events from a run's child, and nothing else does."""
+    log_path = tmp_path / "server.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("mountplan")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with serving(plan_path, socket_path, state_dir), connect(socket_path) as sock:
+            reply = _run(sock, roots[0], ["true"])
+            assert reply["ok"] is True and reply["status"] == 0, reply
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+    text = log_path.read_text()
+    assert "run.started" in text and "serve.ran" in text, text
+    for name in os.listdir(state_dir):
+        assert b"run.started" not in Path(state_dir, name).read_bytes(), name
 
 
 def test_run_on_a_root_an_action_holds_is_refused(
