@@ -72,6 +72,14 @@ def remove_mount(
     if ours.mount_point == point:
         top = table.at(point)[-1]
         if top is ours:
+            if unique:
+                # Ours (the id is never reused), on top at its point, yet the path did not
+                # reach it: a stranger mounted over a directory above it.
+                raise CoveredError(
+                    f"mount {label or target!r} at {shown} (mount id {mnt_id}) cannot be reached: a mount "
+                    f"mountplan did not make covers a directory above it; it stays mounted and in the state; "
+                    f"unmount that mount and run this again"
+                )
             # Only a reusable 32-bit id can be on top here and not be ours
             # (is_ours_at checked its root): a stranger's mount that got our id.
             return Outcome.GONE
