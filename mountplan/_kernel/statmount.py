@@ -379,24 +379,6 @@ def listmount(
     return list(buf[:ret])
 
 
-def mount_namespace_exists(ns_id: int) -> bool | None:
-    """Whether the mount namespace with the unique id ``ns_id`` still exists; None when the kernel cannot say.
-
-    Asked with listmount(2) into that namespace (``mnt_ns_id``, 6.11+). The id is
-    never reused within a boot. The kernel also answers ENOENT for a live
-    namespace the caller has no CAP_SYS_ADMIN over, so False proves death only
-    for a namespace the caller's own user made (or to a caller with CAP_SYS_ADMIN
-    in the initial user namespace); an errno other than ENOENT (no listmount, a
-    request too new for this kernel, a seccomp filter) gives None.
-    """
-    req = _request(LSMT_ROOT, 0, ns_id)
-    buf = (ctypes.c_uint64 * 1)()
-    ret = _libc.syscall("listmount", req, buf, ctypes.c_size_t(1), ctypes.c_uint(0))
-    if ret >= 0:
-        return True
-    return False if -ret == errno.ENOENT else None
-
-
 def iter_mounts(mnt_id: int = LSMT_ROOT, *, reverse: bool = False, batch: int = 4096) -> Iterator[int]:
     """Every unique mount id beneath ``mnt_id``, fetched ``batch`` at a time."""
     last = 0

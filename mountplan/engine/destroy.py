@@ -69,7 +69,7 @@ def _beneath(inner: ManagedMount, outer: ManagedMount) -> bool:
     return inner.root == outer.root and inner.target.startswith(outer.target + "/")
 
 
-def remove_objects(
+def _remove_objects(
     ctx: Context, state: State, rootset: RootSet, log: Any, removed: list[str], kept: list[str],
     within: ManagedMount | None = None,
 ) -> None:
@@ -154,7 +154,7 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
                 continue
             if state.objects:
                 # What lies in a mount goes before it (an object in it would vanish unchecked).
-                remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
+                _remove_objects(ctx, state, rootset, plog, removed, kept_objects, within=managed)
             holders = {
                 str(item["path"]): holder for item in managed.created
                 if (holder := _holder(managed.root, str(item["path"]), pending)) is not None and holder.volatile
@@ -177,7 +177,7 @@ def destroy_locked(ctx: Context, plan_name: str, state: State, rootset: RootSet,
             state.mounts.remove(managed)
         managed = None
         if state.objects:
-            remove_objects(ctx, state, rootset, plog, removed, kept_objects)
+            _remove_objects(ctx, state, rootset, plog, removed, kept_objects)
     except MountplanError as exc:
         _flush_deferred(ctx, deferred, order, rootset, plog)
         store.save(state)

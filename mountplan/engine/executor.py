@@ -188,12 +188,6 @@ class Engine:
                 continue
             undone += done
             leftovers += left
-        if not key:
-            from .gone_namespace import recover_gone  # instances of namespaces that are gone
-
-            done, left = recover_gone(self.ctx, self.state_dir, min(self.lock_timeout, 1.0), _events)
-            undone += done
-            leftovers += left
         return RecoverResult(tuple(undone), tuple(leftovers))
 
     def load_state(self, plan: Plan, roots: Mapping[str, str | int] | None = None) -> tuple[StateStore, State | None]:

@@ -109,7 +109,7 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
         return _finish_session(ctx, store, entries, plog, raise_on_leftovers)
     header, items, bad = pending(entries)
     bad += [f"{store.journal_path} line {m.line}: {m.reason}" for m in contents.malformed]
-    roots = reopen_roots(header)
+    roots = _reopen_roots(header)
     undone: list[str] = []
     leftovers: list[str] = list(bad)
     left_items: list[Undo] = []
@@ -142,7 +142,7 @@ def recover_store(ctx: Context, store: StateStore, log: Any, *, raise_on_leftove
     return undone, leftovers
 
 
-def reopen_roots(header: dict[str, Any] | None) -> dict[str, RootHandle]:
+def _reopen_roots(header: dict[str, Any] | None) -> dict[str, RootHandle]:
     """The roots a journal header pins, each reopened only if it is still the same inode."""
     roots: dict[str, RootHandle] = {}
     for name, ident in ((header or {}).get("roots") or {}).items():
@@ -187,7 +187,7 @@ def _finish_session(
     if state is None:
         store.journal_close(remove=True)
         return [], []
-    roots = reopen_roots(header)
+    roots = _reopen_roots(header)
     try:
         result = destroy_locked(ctx, state.plan, state, RootSet(roots), store, log)
     except Exception as exc:

@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from mountplan.errors import LockError, StateError
@@ -267,35 +267,6 @@ class StateStore:
         self._seq += 1
         return self._seq
 
-    def recorded_scope(self) -> Scope | None:
-        """The boot and mount namespace this instance's files were written in (read without refusing them).
-
-        The state file's, else the journal header's; None when neither names one.
-        """
-        readers: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-            (self.state_path, _state_scope), (self.journal_path, _journal_header))
-        for path, pick in readers:
-            try:
-                fd = self._open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                raw = read_all(fd, path)
-            finally:
-                os.close(fd)
-            try:
-                found = pick(json.loads(raw.splitlines()[0] if path == self.journal_path else raw))
-            except (ValueError, IndexError, AttributeError, RecursionError):
-                continue
-            if isinstance(found, dict) and (scope := Scope.from_json(found)) is not None:
-                return scope
-        return None
-
-    def remove_files(self) -> None:
-        """Remove the state file, the journal and the lock file (the caller holds the lock)."""
-        for path in (self.state_path, self.journal_path, self.lock_path):
-            self._unlink(path)
-
     def journal_close(self, *, remove: bool) -> None:
         """Close the journal; ``remove`` deletes it (use this, not os.unlink on the path)."""
         if self._journal_fd is not None:
@@ -326,12 +297,3 @@ class StateStore:
     def journal_read(self) -> list[dict[str, Any]]:
         """The well-formed entries of a journal left behind (see :meth:`journal_load`)."""
         return list(self.journal_load().entries)
-
-
-def _state_scope(data: Any) -> Any:
-    return data.get("scope") if isinstance(data, dict) else None
-
-
-def _journal_header(entry: Any) -> Any:
-    """The scope fields of a journal's first line, when it is the ``begin`` header."""
-    return entry if isinstance(entry, dict) and entry.get("op") == "begin" else None
