@@ -263,7 +263,7 @@ def _run_unshared(
     if not data:
         raise ExecutionError(
             f"run {command.argv[0]!r}: the namespace helper died without a report (wait status {status:#x}); "
-            "its mounts died with its namespace, `mountplan recover` tidies the state it left"
+            "its mounts died with its namespace, what it created in the roots stays (see docs/embedding.md)"
         )
     kind, value, text = pickle.loads(data)
     if kind == "ok":

@@ -126,7 +126,7 @@ def _result(child: RunChild, data: bytes) -> int:
     if not data:
         raise ExecutionError(
             f"run: the child serving this request died without a report (wait status {status:#x}); "
-            "its namespaces took their mounts with them, `mountplan recover` tidies the state it left"
+            "its namespaces took their mounts with them, what it created in the roots stays (see docs/embedding.md)"
         )
     kind, value = pickle.loads(data)  # our own fork wrote it
     if kind == "ok":
@@ -139,6 +139,17 @@ def _result(child: RunChild, data: bytes) -> int:
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def _close_on_exec_above_stdio() -> None:
+    """Mark every fd above 2 close-on-exec: the command gets the request's stdio and nothing of the
+    server (a file its service manager handed down, the root fds, the report pipes); the chain of
+    mountplan processes before the exec keeps them (an embedder's log file among them)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _child(plan: Plan, request: RunRequest, state_dir: str | None, lock_timeout: float, write_fd: int,
@@ -156,6 +167,7 @@ def _child(plan: Plan, request: RunRequest, state_dir: str | None, lock_timeout:
                 os.close(fd)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)  # an embedder's (asyncio's) wake-up fd is not ours to write to
+        _close_on_exec_above_stdio()
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -284,3 +284,27 @@ def test_the_documented_run_exchange(plan_path: str, roots: list[str], socket_pa
             os.close(out_write)
         assert sock.recv(65536).decode() == expected
     os.close(out_read)
+
+
+@pytest.mark.parametrize("unshare", [True, False], ids=["unshare", "no-unshare"])
+def test_the_command_gets_only_its_stdio(
+    plan_path: str, roots: list[str], socket_path: str, state_dir: str, tmp_path: Path, unshare: bool
+) -> None:
+    """No fd of the server (an inherited host file, the root fd, the request's copies) reaches the command."""
+    host = tmp_path / "host-file"
+    host.write_text("")
+    inherited = os.open(host, os.O_WRONLY | os.O_APPEND)  # as a service manager or a shell hands one down
+    os.set_inheritable(inherited, True)
+    out_read, out_write = os.pipe()
+    try:
+        with serving(plan_path, socket_path, state_dir), connect(socket_path) as sock:
+            reply = _run(sock, roots[0], ["/bin/sh", "-c", f"ls /proc/self/fd; echo escaped >&{inherited}"],
+                         [None, out_write, None], unshare=unshare)
+            os.close(out_write)
+            listed = _read_all(out_read).split()
+    finally:
+        os.close(inherited)
+    assert reply["ok"] is True, reply
+    assert host.read_text() == ""
+    # 0-2, and the directory ls reads /proc/self/fd through.
+    assert len([fd for fd in listed if int(fd) > 2]) <= 1, listed
