@@ -40,6 +40,7 @@ from .preflight import kernel_problems, require_overlay_keys
 from .privateroot import PREFIX, is_root_bind
 from .recovery import describe_pending, is_unfinished_destroy, recover_store
 from .results import ApplyResult, RecoverResult
+from .rootlock import roots_held
 from .roots import RootHandle, RootSet, open_roots, resolve_parent, root_paths, roots_used
 from .state import ManagedMount, State, StateStore, current_scope, default_state_dir, instance_key
 from .unmount import is_ours_at
@@ -117,7 +118,7 @@ class Engine:
         compiled = compiled or compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            with store.locked(self.lock_timeout):
+            with store.locked(self.lock_timeout), roots_held(rootset, self.lock_timeout):
                 recover_store(self.ctx, store, _events)
                 state = self._load_or_new(store, plan, rootset)
                 return apply_locked(self, plan, compiled, rootset, store, state, prune)
@@ -127,7 +128,7 @@ class Engine:
         detect().require()
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            with store.locked(self.lock_timeout):
+            with store.locked(self.lock_timeout), roots_held(rootset, self.lock_timeout):
                 if not is_unfinished_destroy(store):  # else this destroy is exactly what finishes it
                     recover_store(self.ctx, store, _events)
                 state = store.load()
@@ -157,7 +158,7 @@ class Engine:
         compiled = compiled_for(plan)
         with self._open_roots(plan, roots) as rootset:
             store = self._store(plan, rootset)
-            with store.locked(self.lock_timeout):
+            with store.locked(self.lock_timeout), roots_held(rootset, self.lock_timeout):
                 recover_store(self.ctx, store, _events)
                 state = self._load_or_new(store, plan, rootset)
                 result = apply_locked(self, plan, compiled, rootset, store, state, False)
