@@ -31,7 +31,10 @@ def roots_held(rootset: RootSet, timeout: float) -> Iterator[None]:
     try:
         for handle in sorted(rootset.values(), key=lambda h: (h.identity.dev, h.identity.ino)):
             # flock needs a real open file: reopen the root's (possibly O_PATH) fd read-only.
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle.fileno())
+            try:
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle.fileno())
+            except PermissionError:
+                continue  # a root this caller may not read (mode 0311) cannot be flocked: left unlocked
             fds.append(fd)
             _lock(fd, handle, timeout)
         yield
