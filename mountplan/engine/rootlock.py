@@ -12,14 +12,13 @@ inode, so it holds across mount namespaces, state directories and users.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 
 from mountplan.errors import LockError
 
 from .roots import RootHandle, RootSet
+from .statefs import flock_within
 
 __all__ = ["roots_held"]
 
@@ -44,18 +43,11 @@ def roots_held(rootset: RootSet, timeout: float) -> Iterator[None]:
 
 
 def _lock(fd: int, handle: RootHandle, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockError(
-                    f"root {handle.name!r} ({handle.identity.path}) is in use by another mountplan run, apply or "
-                    f"destroy{_holders(fd)}; waited {timeout:g}s (see --lock-timeout)"
-                ) from None
-            time.sleep(0.02)
+    if not flock_within(fd, timeout):
+        raise LockError(
+            f"root {handle.name!r} ({handle.identity.path}) is in use by another mountplan run, apply or "
+            f"destroy{_holders(fd)}; waited {timeout:g}s (see --lock-timeout)"
+        )
 
 
 def _holders(fd: int) -> str:

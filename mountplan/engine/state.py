@@ -28,11 +28,9 @@ from here too.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +43,7 @@ from .state_data import FORMAT, InstanceInfo, ManagedMount, State, instance_key
 from .statefs import (
     default_state_dir,
     file_error,
+    flock_within,
     open_in_dir,
     open_state_dir,
     read_all,
@@ -157,19 +156,12 @@ class StateStore:
                 self._dir_fd = None
             raise
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-                        raise LockError(
-                            f"state {self.key} is locked by another mountplan ({holder}); "
-                            f"waited {timeout:g}s (see --lock-timeout)"
-                        ) from None
-                    time.sleep(0.02)
+            if not flock_within(fd, timeout):
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise LockError(
+                    f"state {self.key} is locked by another mountplan ({holder}); "
+                    f"waited {timeout:g}s (see --lock-timeout)"
+                )
             # The holder text is a courtesy for the next waiter: a full disk must not fail the run here.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import time
 
 from mountplan.errors import StateError
 
@@ -195,3 +197,16 @@ def write_atomic(path: str, data: bytes, mode: int, *, dir_fd: int | None = None
     finally:
         if own:
             os.close(dir_fd)
+
+
+def flock_within(fd: int, timeout: float) -> bool:
+    """flock(LOCK_EX) ``fd``, retrying every 20 ms for up to ``timeout`` s; False when it stayed held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
