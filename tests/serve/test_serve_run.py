@@ -5,6 +5,7 @@ Driven by the raw-socket client written from docs/embedding.md (``_client.py``).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -308,3 +309,23 @@ def test_the_command_gets_only_its_stdio(
     assert host.read_text() == ""
     # 0-2, and the directory ls reads /proc/self/fd through.
     assert len([fd for fd in listed if int(fd) > 2]) <= 1, listed
+
+
+def test_a_failed_fork_is_an_execution_error_and_leaks_nothing(
+    plan_path: str, roots: list[str], socket_path: str, state_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork(2) refused (EAGAIN at a task limit): code 4, the report pipe closed, the server serves on."""
+    with serving(plan_path, socket_path, state_dir), connect(socket_path) as sock:
+        _run(sock, roots[0], ["true"])  # warm: whatever the first run opens for good is open now
+        before = sorted(os.listdir("/proc/self/fd"))
+
+        def refuse() -> int:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(serve_run.os, "fork", refuse)
+            reply = _run(sock, roots[0], ["true"])
+        assert reply["ok"] is False and reply["error"]["code"] == 4, reply
+        assert "fork: EAGAIN" in reply["error"]["message"], reply
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert _run(sock, roots[0], ["true"])["status"] == 0
