@@ -100,8 +100,9 @@ def test_missing_stdio_is_dev_null(plan_path: str, roots: list[str], socket_path
         assert _read_all(out_read).split() == ["/dev/null", "/dev/null"]
 
 
-def _client_process(socket_path: str, doc: dict[str, Any], fds: list[int], *, half_close: bool = False) -> int:
-    """Fork a client that sends ``doc`` with ``fds``, then waits for its reply (and writes it to stderr)."""
+def _client_process(socket_path: str, doc: dict[str, Any], fds: list[int], reply_fd: int,
+                    *, half_close: bool = False) -> int:
+    """Fork a client that sends ``doc`` with ``fds`` and writes the reply it gets to ``reply_fd``."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -110,29 +111,33 @@ def _client_process(socket_path: str, doc: dict[str, Any], fds: list[int], *, ha
             send(sock, json.dumps(doc).encode(), fds)
             if half_close:
                 sock.shutdown(socket.SHUT_WR)  # done sending, still reading
-            reply = sock.recv(65536)
-            os.write(2, reply)
-            os._exit(0 if json.loads(reply).get("status") == 5 else 1)
+            os.write(reply_fd, sock.recv(65536))
         finally:
-            os._exit(2)
+            os._exit(0)
     return pid
+
+
+def _kill_a_client_mid_run(socket_path: str, root: str, script: str, **fields: Any) -> int:
+    """A client process runs ``script`` (which prints ``ready``) and is SIGKILLed once it did; the command's stdout."""
+    out_read, out_write = os.pipe()
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "stdio": [None, 1, None],
+           "argv": ["/bin/sh", "-c", script], **fields}
+    client = _client_process(socket_path, doc, [root_fd, out_write], out_write)
+    os.close(root_fd)
+    os.close(out_write)
+    assert os.read(out_read, 6) == b"ready\n"
+    os.kill(client, signal.SIGKILL)  # the kernel closes its connection
+    os.waitpid(client, 0)
+    return out_read
 
 
 def test_client_hangup_stops_the_command_and_tears_down(
     plan_path: str, roots: list[str], socket_path: str, state_dir: str
 ) -> None:
     """A client killed mid-run: the command is stopped, the mounts and mountpoints go, the server lives on."""
-    out_read, out_write = os.pipe()
     with serving(plan_path, socket_path, state_dir):
-        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "stdio": [None, 1, None],
-               "argv": ["/bin/sh", "-c", "echo ready; exec sleep 1000"]}
-        client = _client_process(socket_path, doc, [root, out_write])
-        os.close(root)
-        os.close(out_write)
-        assert os.read(out_read, 6) == b"ready\n"
-        os.kill(client, signal.SIGKILL)  # the kernel closes its connection
-        os.waitpid(client, 0)
+        out_read = _kill_a_client_mid_run(socket_path, roots[0], "echo ready; exec sleep 1000")
         # The pipe ends when the last writer, the sleeping command, is gone.
         assert _read_all(out_read) == ""
         eventually(lambda: os.listdir(roots[0]) == [], "the run's teardown after the hang-up")
@@ -145,20 +150,16 @@ def test_half_closed_client_still_gets_its_reply(
     plan_path: str, roots: list[str], socket_path: str, state_dir: str
 ) -> None:
     """shutdown(SHUT_WR) after the request is not a hang-up: the run goes on and the reply arrives."""
-    err_read, err_write = os.pipe()
+    reply_read, reply_write = os.pipe()
     with serving(plan_path, socket_path, state_dir):
         root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "argv": ["/bin/sh", "-c", "sleep 0.3; exit 5"]}
-        pid = os.fork()
-        if pid == 0:
-            os.dup2(err_write, 2)
-            os._exit(os.waitstatus_to_exitcode(os.waitpid(_client_process(socket_path, doc, [root], half_close=True),
-                                                          0)[1]))
+        client = _client_process(socket_path, doc, [root], reply_write, half_close=True)
         os.close(root)
-        os.close(err_write)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, _read_all(err_read)
-        os.close(err_read)
+        os.close(reply_write)
+        reply = _read_all(reply_read)
+        os.waitpid(client, 0)
+    assert json.loads(reply).get("status") == 5, reply
 
 
 def test_a_command_ignoring_sigterm_dies_with_the_run_without_unshare(
@@ -166,17 +167,9 @@ def test_a_command_ignoring_sigterm_dies_with_the_run_without_unshare(
 ) -> None:
     """unshare false, client gone, the command ignores SIGTERM: the SIGKILL after the grace reaches it too."""
     monkeypatch.setattr(serve_run, "RUN_GRACE", 0.5)
-    out_read, out_write = os.pipe()
     with serving(plan_path, socket_path, state_dir):
-        root = os.open(roots[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        doc = {"format_version": 1, "op": "run", "roots": {"input": 0}, "stdio": [None, 1, None], "unshare": False,
-               "argv": ["/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 30"]}
-        client = _client_process(socket_path, doc, [root, out_write])
-        os.close(root)
-        os.close(out_write)
-        assert os.read(out_read, 6) == b"ready\n"
-        os.kill(client, signal.SIGKILL)
-        os.waitpid(client, 0)
+        out_read = _kill_a_client_mid_run(socket_path, roots[0], "trap '' TERM; echo ready; exec sleep 30",
+                                          unshare=False)
         started = time.monotonic()
         assert _read_all(out_read) == ""  # every writer gone: the command too
         assert time.monotonic() - started < 10
