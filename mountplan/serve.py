@@ -310,17 +310,11 @@ class Server:
         """Enter a session for the roots the request carries; the fds then belong to the action."""
         try:
             roots = roots_of(doc, fds)
-            key = tuple(sorted((name, *_identity(fd)) for name, fd in roots.items()))
+            action = _Action(f"{number}.{seq}", _key(roots), fds)
+            self._claim(action.key, action.action_id)
         except BaseException:
             close_all(fds)
             raise
-        action = _Action(f"{number}.{seq}", key, fds)
-        with self._lock:
-            holder = self._live.setdefault(key, action.action_id)
-        if holder != action.action_id:
-            close_all(fds)
-            # Refused at once: the engine's lock would only make this client wait for lock_timeout.
-            raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
         try:
             result = action.session.enter_context(self.engine.session(self.plan, roots))
         except BaseException:
@@ -333,21 +327,15 @@ class Server:
 
     def _run(self, number: int, request: RunRequest, fds: list[int], sock: socket.socket) -> int:
         """A whole action in a forked child (:mod:`mountplan.serve_run`); the command's exit status."""
-        key = tuple(sorted((name, *_identity(fd)) for name, fd in request.roots.items()))
-        run_id = f"{number}.run"
-        with self._lock:
-            holder = self._live.setdefault(key, run_id)
-        if holder != run_id:
-            raise LockError(f"these roots are in use by action {holder} of this server; destroy it first")
+        key, run_id = _key(request.roots), f"{number}.run"
+        self._claim(key, run_id)
         try:
             child = start_run(self.plan, request, state_dir=self.engine.state_dir,
                               lock_timeout=self.engine.lock_timeout, server_fds=self._own_fds())
             _events.info("serve.run", client=number, pid=child.pid, command=request.argv[0])
             status = wait_run(child, sock)
         finally:
-            with self._lock:
-                if self._live.get(key) == run_id:
-                    del self._live[key]
+            self._unclaim(key, run_id)
         _events.info("serve.ran", client=number, status=status)
         return status
 
@@ -359,10 +347,21 @@ class Server:
             fds.append(self._listener.fileno())
         return [*fds, self._wake_read, self._wake_write]
 
-    def _release(self, action: _Action) -> None:
+    def _claim(self, key: tuple[tuple[str, int, int], ...], holder: str) -> None:
+        """Register ``holder`` on these roots, or refuse at once: the engine's root lock would only
+        make this client wait for lock_timeout."""
         with self._lock:
-            if self._live.get(action.key) == action.action_id:
-                del self._live[action.key]
+            current = self._live.setdefault(key, holder)
+        if current != holder:
+            raise LockError(f"these roots are in use by action {current} of this server; destroy it first")
+
+    def _unclaim(self, key: tuple[tuple[str, int, int], ...], holder: str) -> None:
+        with self._lock:
+            if self._live.get(key) == holder:
+                del self._live[key]
+
+    def _release(self, action: _Action) -> None:
+        self._unclaim(action.key, action.action_id)
 
     def _end(self, action: _Action, *, reason: str) -> None:
         """Destroy an action's mounts; a failure leaves the session journal for recover (docs/embedding.md)."""
@@ -376,6 +375,11 @@ class Server:
             _events.info("serve.destroyed", action=action.action_id, reason=reason)
         finally:
             self._release(action)
+
+
+def _key(roots: Mapping[str, int]) -> tuple[tuple[str, int, int], ...]:
+    """What one plan instance of this server is: each root's name, device and inode."""
+    return tuple(sorted((name, *_identity(fd)) for name, fd in roots.items()))
 
 
 def _identity(fd: int) -> tuple[int, int]:

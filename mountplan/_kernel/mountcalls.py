@@ -54,6 +54,14 @@ _NOFOLLOW = int(UmountFlag.NOFOLLOW)
 _MOUNT_ATTR_SIZE = ctypes.c_size_t(_MOUNT_ATTR.size)
 
 
+def _attr_syscall(name: str, dirfd: int, path: str, flags: int, attr: bytes) -> int:
+    """open_tree_attr and mount_setattr take the same arguments: dirfd, path, flags, struct mount_attr, its size."""
+    return _libc.syscall(
+        name, ctypes.c_int(dirfd), ctypes.c_char_p(_path(path)), ctypes.c_uint(flags), ctypes.c_char_p(attr),
+        _MOUNT_ATTR_SIZE,
+    )
+
+
 def _describe_attr(
     attr_set: MountAttr, attr_clr: MountAttr, propagation: Propagation | None, userns_fd: int = 0
 ) -> str:
@@ -74,15 +82,7 @@ def open_tree_attr(
     propagation: Propagation | None = None,
 ) -> Fd:
     """``open_tree_attr`` (6.15): clone and set attributes in one call."""
-    buf = _mount_attr(attr_set, attr_clr, propagation)
-    ret = _libc.syscall(
-        "open_tree_attr",
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(_path(path)),
-        ctypes.c_uint(flags),
-        ctypes.c_char_p(buf),
-        _MOUNT_ATTR_SIZE,
-    )
+    ret = _attr_syscall("open_tree_attr", dirfd, path, flags, _mount_attr(attr_set, attr_clr, propagation))
     if ret < 0:
         _raise(
             -ret,
@@ -109,15 +109,7 @@ def mount_setattr(
     whose mapping an idmapped mount takes; the kernel allows that only on a
     detached mount that is not idmapped yet.
     """
-    buf = _mount_attr(attr_set, attr_clr, propagation, userns_fd)
-    ret = _libc.syscall(
-        "mount_setattr",
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(_path(path)),
-        ctypes.c_uint(flags),
-        ctypes.c_char_p(buf),
-        _MOUNT_ATTR_SIZE,
-    )
+    ret = _attr_syscall("mount_setattr", dirfd, path, flags, _mount_attr(attr_set, attr_clr, propagation, userns_fd))
     if ret < 0:
         _raise(
             -ret,
