@@ -6,8 +6,25 @@ One JSON object per SOCK_SEQPACKET message; roots travel as fds (SCM_RIGHTS).
 from __future__ import annotations
 
 import json
+import select
 import socket
+import subprocess
 from typing import Any
+
+
+def start_server(mountplan: list[str], socket_path: str, plan: str, state_dir: str, *, cwd: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``mountplan serve`` (``mountplan`` is the command that starts it), once its ready line arrived."""
+    server = subprocess.Popen(
+        [*mountplan, "serve", "--socket", socket_path, "--plan", plan, "--state-dir", state_dir, "--json", "-q"],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=cwd,
+    )
+    assert server.stdout is not None
+    if not select.select([server.stdout], [], [], 60)[0] or not server.stdout.readline():
+        server.kill()
+        server.wait()
+        raise RuntimeError("mountplan serve did not become ready")
+    return server
 
 
 class ServeClient:

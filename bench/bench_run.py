@@ -31,7 +31,6 @@ import argparse
 import functools
 import os
 import resource
-import select
 import shutil
 import signal
 import statistics
@@ -126,16 +125,11 @@ class _ServedAction:
 
     def __init__(self, mountplan: list[str], root: str, env: dict[str, str],
                  whole: bool | list[str] | None = None) -> None:
-        from _serve_client import ServeClient  # bench/ is sys.path[0] when a script runs
+        from _serve_client import ServeClient, start_server  # bench/ is sys.path[0] when a script runs
 
         self.whole = whole
         sock = f"{BASE}/serve-{os.path.basename(root)}.sock"
-        self.server = subprocess.Popen(
-            [*mountplan, "serve", "--socket", sock, "--plan", str(PLAN), "--state-dir", f"{BASE}/serve-state-{id(self)}",
-             "--json", "-q"], stdout=subprocess.PIPE, text=True, env=env, cwd=BASE)
-        assert self.server.stdout is not None
-        if not select.select([self.server.stdout], [], [], 60)[0] or not self.server.stdout.readline():
-            raise RuntimeError("mountplan serve did not become ready")
+        self.server = start_server(mountplan, sock, str(PLAN), f"{BASE}/serve-state-{id(self)}", cwd=BASE, env=env)
         self.client = ServeClient(sock)
         self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import shutil
 import signal
 import statistics
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _serve_client import ServeClient  # bench/ is sys.path[0] when a script runs
+from _serve_client import ServeClient, start_server  # bench/ is sys.path[0] when a script runs
 from _timing import summary
 
 import mountplan
@@ -86,14 +85,8 @@ def _bench(rounds: int, warmup: int) -> list[str]:
     try:
         api_root, serve_root = _input_root(base, "api"), _input_root(base, "serve")
         socket_path = os.path.join(base, "serve.sock")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mountplan", "serve", "--socket", socket_path, "--plan", str(PLAN_PATH),
-             "--state-dir", os.path.join(base, "state-serve"), "--json", "-q"],
-            stdout=subprocess.PIPE, text=True, cwd=base,
-        )
-        assert server.stdout is not None
-        if not select.select([server.stdout], [], [], 60)[0] or not server.stdout.readline():
-            raise RuntimeError("mountplan serve did not become ready")
+        server = start_server([sys.executable, "-m", "mountplan"], socket_path, str(PLAN_PATH),
+                              os.path.join(base, "state-serve"), cwd=base)
 
         api_fd = os.open(api_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         serve_fd = os.open(serve_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
